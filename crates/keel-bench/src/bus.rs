@@ -1,0 +1,308 @@
+//! `keel bench bus --backend <url>`: one producer, one consumer group. Measures
+//! end-to-end throughput (publish → handled) and latency at a fixed rate, beside a
+//! baseline doing the same work without Keel in the same run: for SQLite, raw inserts and
+//! reads of the same rows; for NATS, the raw `async-nats` JetStream client publishing and
+//! pulling the same messages.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use keel_messaging::{Delivery, Message, Subscription, handler_fn};
+use serde_json::json;
+
+use crate::stats::{Samples, ms};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `sqlite://…` or `nats://…`.
+    pub backend: String,
+    /// Messages for the throughput run.
+    pub messages: usize,
+    /// Messages per publish batch in the throughput run.
+    pub batch: usize,
+    /// Rate of the latency run, messages per second.
+    pub rate: u64,
+    /// Duration of the latency run.
+    pub seconds: u64,
+}
+
+fn payload(n: usize) -> serde_json::Value {
+    json!({ "n": n, "orderId": format!("order-{n}"), "total": "12.50", "state": "APPROVAL_PENDING" })
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(opts: Options) -> Result<(), String> {
+    let bus = keel_bus::connect(&opts.backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tag = format!("{:x}", rand_u32());
+    println!(
+        "keel bench bus: backend {} ({}), {} messages in batches of {}, latency at {} msg/s for {} s",
+        opts.backend,
+        bus.backend(),
+        opts.messages,
+        opts.batch,
+        opts.rate,
+        opts.seconds
+    );
+
+    // Throughput: publish everything, measure until the group has handled it all.
+    let dest = format!("bench.tp.{tag}");
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let consumer = bus
+        .subscribe(
+            Subscription::new(dest.clone(), "bench"),
+            handler_fn(move |_d: Delivery| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(700)).await; // partition assignment
+    let msgs: Vec<Message> = (0..opts.messages)
+        .map(|n| Message::new(dest.clone(), payload(n)).with_key(format!("k{}", n % 64)))
+        .collect();
+    let start = Instant::now();
+    for chunk in msgs.chunks(opts.batch.max(1)) {
+        let (n, err) = bus.publish_all(chunk).await;
+        if let Some(e) = err {
+            return Err(format!("publish failed after {n}: {e}"));
+        }
+    }
+    let published = start.elapsed();
+    while handled.load(Ordering::Relaxed) < opts.messages as u64 {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err("consumer did not finish within 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let total = start.elapsed();
+    consumer.stop().await;
+    let keel_rate = opts.messages as f64 / total.as_secs_f64();
+
+    // Latency at a fixed rate.
+    let dest = format!("bench.lat.{tag}");
+    let samples: Arc<Mutex<Samples>> = Arc::default();
+    let s = samples.clone();
+    let consumer = bus
+        .subscribe(
+            Subscription::new(dest.clone(), "bench"),
+            handler_fn(move |d: Delivery| {
+                let s = s.clone();
+                async move {
+                    let sent = d.message.payload["sentUs"].as_u64().unwrap_or(0);
+                    let us = now_us().saturating_sub(sent);
+                    s.lock().unwrap().push(Duration::from_micros(us));
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let n_lat = (opts.rate * opts.seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1) as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for n in 0..n_lat {
+        tick.tick().await;
+        let m = Message::new(dest.clone(), json!({ "n": n, "sentUs": now_us() }))
+            .with_key(format!("k{}", n % 64));
+        bus.publish(&m).await.map_err(|e| e.to_string())?;
+    }
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while samples.lock().unwrap().len() < n_lat && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.stop().await;
+    let lat = samples.lock().unwrap().clone();
+
+    // Baseline.
+    let (base_name, base_rate) = if opts.backend.starts_with("sqlite:") {
+        (
+            "raw SQLite inserts + reads of the same rows",
+            sqlite_baseline(&opts).await?,
+        )
+    } else if opts.backend.starts_with("nats:") {
+        (
+            "raw async-nats JetStream publish + pull",
+            nats_baseline(&opts, &tag).await?,
+        )
+    } else {
+        ("none", 0.0)
+    };
+
+    println!(
+        "  keel: {keel_rate:>10.0} msg/s end to end (published in {}, all handled in {})",
+        ms(published),
+        ms(total)
+    );
+    println!("  base: {base_rate:>10.0} msg/s — {base_name}");
+    println!(
+        "  latency at {} msg/s, publish → handled: {}",
+        opts.rate,
+        lat.summary()
+    );
+    println!(
+        "summary: {} {:.0} msg/s vs baseline {:.0} msg/s ({:.2}×); p99 {} at {} msg/s",
+        bus.backend(),
+        keel_rate,
+        base_rate,
+        if base_rate > 0.0 {
+            keel_rate / base_rate
+        } else {
+            0.0
+        },
+        ms(lat.percentile(99.0)),
+        opts.rate
+    );
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    (now_us() as u32) ^ std::process::id().rotate_left(16)
+}
+
+/// Inserts the same rows into a same-shaped table and reads them back in batches.
+async fn sqlite_baseline(opts: &Options) -> Result<f64, String> {
+    let path = opts.backend.replace("sqlite://", "");
+    let url = format!("sqlite://{path}.baseline");
+    let store = keel_store::Store::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS base; CREATE TABLE base (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, \
+         partition INTEGER NOT NULL, message_id TEXT NOT NULL, msg_key TEXT, headers TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL); \
+         CREATE INDEX base_by_partition ON base (destination, partition, seq)",
+    )
+    .execute(store.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    let msgs: Vec<Message> = (0..opts.messages)
+        .map(|n| Message::new("base", payload(n)).with_key(format!("k{}", n % 64)))
+        .collect();
+    let start = Instant::now();
+    for chunk in msgs.chunks(opts.batch.max(1)) {
+        let mut tx = store.begin().await.map_err(|e| e.to_string())?;
+        for m in chunk {
+            sqlx::query("INSERT INTO base (destination, partition, message_id, msg_key, headers, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&m.destination)
+                .bind(i64::from(m.partition(16)))
+                .bind(&m.id)
+                .bind(m.key.clone())
+                .bind(serde_json::to_string(&m.headers).unwrap_or_default())
+                .bind(serde_json::to_string(&m.payload).unwrap_or_default())
+                .bind(keel_store::now_ms())
+                .execute(tx.conn())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+    }
+    let mut read = 0usize;
+    for p in 0..16i64 {
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT seq, headers, payload FROM base WHERE destination = $1 AND partition = $2 AND seq > $3 ORDER BY seq LIMIT 200",
+            )
+            .bind("base")
+            .bind(p)
+            .bind(after)
+            .fetch_all(store.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                break;
+            }
+            for (seq, h, pl) in &rows {
+                let _: serde_json::Value = serde_json::from_str(pl).unwrap_or_default();
+                let _: serde_json::Value = serde_json::from_str(h).unwrap_or_default();
+                after = *seq;
+                read += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    store.close().await;
+    let _ = std::fs::remove_file(format!("{path}.baseline"));
+    let _ = std::fs::remove_file(format!("{path}.baseline-wal"));
+    let _ = std::fs::remove_file(format!("{path}.baseline-shm"));
+    Ok(read as f64 / elapsed.as_secs_f64())
+}
+
+/// The raw JetStream client publishing the same messages (acked) and pulling them back.
+async fn nats_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
+    use futures::StreamExt;
+    let client = async_nats::connect(&opts.backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let stream_name = format!("BENCH_BASE_{tag}");
+    let subject = format!("bench.base.{tag}");
+    let stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("base".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    for chunk in (0..opts.messages)
+        .collect::<Vec<_>>()
+        .chunks(opts.batch.max(1))
+    {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for n in chunk {
+            let body = serde_json::to_vec(&payload(*n)).unwrap_or_default();
+            let ack = js
+                .publish(subject.clone(), body.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push(ack);
+        }
+        for a in acks {
+            a.await.map_err(|e| e.to_string())?;
+        }
+    }
+    let mut got = 0usize;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while got < opts.messages {
+        let Some(m) = messages.next().await else {
+            break;
+        };
+        let m = m.map_err(|e| e.to_string())?;
+        let _: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        m.ack().await.map_err(|e| e.to_string())?;
+        got += 1;
+    }
+    let elapsed = start.elapsed();
+    let _ = js.delete_stream(&stream_name).await;
+    Ok(got as f64 / elapsed.as_secs_f64())
+}

@@ -1,0 +1,444 @@
+//! Consumer groups on the bus file. Each subscription is a *member* of its group: it
+//! heartbeats in `bus_members`; the live members, sorted by id, split the partitions
+//! (`p % n == index`); a member claims a partition in `bus_owners` with a lease it renews,
+//! so two members never consume one partition. A dead member's leases run out and the
+//! others take its partitions over, continuing from the committed offsets in `bus_offsets`.
+//!
+//! Within a partition messages are handled one at a time in order. A failure records the
+//! attempt count and the time of the next try in the offset row (so a restart keeps the
+//! backoff), and holds the partition until the message succeeds or is dead-lettered; the
+//! dead-letter copy and the offset move commit in one transaction.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use keel_messaging::{
+    AfterFailure, BusError, Consumer, Delivery, Handler, Message, Subscription, new_id,
+};
+use keel_store::now_ms;
+use sqlx::Row;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{SqliteBus, unavailable};
+
+pub(crate) async fn start(
+    bus: SqliteBus,
+    sub: Subscription,
+    handler: Arc<dyn Handler>,
+) -> Result<Consumer, BusError> {
+    let member = new_id();
+    let m = Member {
+        bus,
+        sub: Arc::new(sub),
+        handler,
+        member: Arc::from(member.as_str()),
+    };
+    m.heartbeat().await?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.run(stop.clone()));
+    Ok(Consumer::new(stop, task))
+}
+
+#[derive(Clone)]
+struct Member {
+    bus: SqliteBus,
+    sub: Arc<Subscription>,
+    handler: Arc<dyn Handler>,
+    member: Arc<str>,
+}
+
+struct Worker {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Member {
+    fn lease_ms(&self) -> i64 {
+        self.bus.settings.member_timeout.as_millis() as i64
+    }
+
+    async fn heartbeat(&self) -> Result<(), BusError> {
+        self.bus.store.write(sqlx::query(
+            "INSERT INTO bus_members (destination, grp, member, heartbeat_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (destination, grp, member) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(&*self.member)
+        .bind(now_ms())
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The partitions this member should own now.
+    async fn assignment(&self) -> Result<Vec<u32>, BusError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT member FROM bus_members WHERE destination = $1 AND grp = $2 AND heartbeat_at >= $3 ORDER BY member",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(now_ms() - self.lease_ms())
+        .fetch_all(self.bus.store.pool())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+        let n = rows.len().max(1) as u32;
+        let Some(index) = rows.iter().position(|(m,)| *m == *self.member) else {
+            return Ok(Vec::new());
+        };
+        Ok((0..self.bus.settings.partitions)
+            .filter(|p| p % n == index as u32)
+            .collect())
+    }
+
+    /// Claims or renews ownership of `partition`; false when another live member holds it.
+    async fn claim(&self, partition: u32) -> Result<bool, BusError> {
+        let now = now_ms();
+        let affected = self.bus.store.write(sqlx::query(
+            "INSERT INTO bus_owners (destination, grp, partition, member, lease_until) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (destination, grp, partition) DO UPDATE SET member = excluded.member, lease_until = excluded.lease_until \
+             WHERE bus_owners.member = excluded.member OR bus_owners.lease_until < $6",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .bind(&*self.member)
+        .bind(now + self.lease_ms())
+        .bind(now)
+        )
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(affected == 1)
+    }
+
+    async fn release(&self, partition: u32) {
+        let _ = self.bus.store.write(sqlx::query(
+            "DELETE FROM bus_owners WHERE destination = $1 AND grp = $2 AND partition = $3 AND member = $4",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .bind(&*self.member)
+        )
+        .await;
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let mut workers: HashMap<u32, Worker> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if self.heartbeat().await.is_err() {
+                continue; // bus file busy or gone for a moment; leases outlive a few misses
+            }
+            let Ok(assigned) = self.assignment().await else {
+                continue;
+            };
+            // Give up partitions no longer ours, after their in-flight message.
+            let gone: Vec<u32> = workers
+                .keys()
+                .copied()
+                .filter(|p| !assigned.contains(p))
+                .collect();
+            for p in gone {
+                if let Some(w) = workers.remove(&p) {
+                    w.stop.cancel();
+                    let _ = w.task.await;
+                    self.release(p).await;
+                }
+            }
+            // Workers that stopped on their own (lost their lease).
+            workers.retain(|_, w| !w.task.is_finished());
+            for p in assigned {
+                match self.claim(p).await {
+                    Ok(true) if !workers.contains_key(&p) => {
+                        let ws = stop.child_token();
+                        let task = tokio::spawn(self.clone().partition(p, ws.clone()));
+                        workers.insert(p, Worker { stop: ws, task });
+                    }
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => {}
+                }
+            }
+            self.report_lag(&workers).await;
+        }
+        // Graceful stop: let each partition finish its message, then hand everything back.
+        for (p, w) in workers.drain() {
+            w.stop.cancel();
+            let _ = w.task.await;
+            self.release(p).await;
+        }
+        let _ = self
+            .bus
+            .store
+            .write(
+                sqlx::query(
+                    "DELETE FROM bus_members WHERE destination = $1 AND grp = $2 AND member = $3",
+                )
+                .bind(&self.sub.destination)
+                .bind(&self.sub.group)
+                .bind(&*self.member),
+            )
+            .await;
+    }
+
+    async fn report_lag(&self, workers: &HashMap<u32, Worker>) {
+        if workers.is_empty() {
+            return;
+        }
+        let lag: Result<(i64,), _> = sqlx::query_as(
+            "SELECT COUNT(*) FROM bus_messages m JOIN bus_offsets o \
+               ON o.destination = m.destination AND o.partition = m.partition AND o.grp = $1 \
+             JOIN bus_owners w ON w.destination = m.destination AND w.grp = $2 AND w.partition = m.partition AND w.member = $3 \
+             WHERE m.destination = $4 AND m.seq > o.committed",
+        )
+        .bind(&self.sub.group)
+        .bind(&self.sub.group)
+        .bind(&*self.member)
+        .bind(&self.sub.destination)
+        .fetch_one(self.bus.store.pool())
+        .await;
+        if let Ok((n,)) = lag {
+            metrics::gauge!("keel_messaging_consumer_lag", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
+                .set(n as f64);
+        }
+    }
+
+    async fn offset(&self, partition: u32) -> Result<(i64, u32, i64), BusError> {
+        self.bus.store.write(sqlx::query(
+            "INSERT INTO bus_offsets (destination, grp, partition, committed, attempts, retry_at) \
+             VALUES ($1, $2, $3, 0, 0, 0) ON CONFLICT (destination, grp, partition) DO NOTHING",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        )
+        .await
+        .map_err(unavailable)?;
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT committed, attempts, retry_at FROM bus_offsets WHERE destination = $1 AND grp = $2 AND partition = $3",
+        )
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .fetch_one(self.bus.store.pool())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+        Ok((row.0, row.1.max(0) as u32, row.2))
+    }
+
+    /// Saves the position, only while this member still owns the partition.
+    async fn save(
+        &self,
+        partition: u32,
+        committed: i64,
+        attempts: u32,
+        retry_at: i64,
+    ) -> Result<bool, BusError> {
+        let n = self.bus.store.write(sqlx::query(
+            "UPDATE bus_offsets SET committed = $1, attempts = $2, retry_at = $3 \
+             WHERE destination = $4 AND grp = $5 AND partition = $6 AND EXISTS \
+               (SELECT 1 FROM bus_owners WHERE destination = $7 AND grp = $8 AND partition = $9 AND member = $10)",
+        )
+        .bind(committed)
+        .bind(i64::from(attempts))
+        .bind(retry_at)
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .bind(&*self.member)
+        )
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Moves `message` to the dead-letter destination and past it, atomically.
+    async fn dead_letter(
+        &self,
+        partition: u32,
+        seq: i64,
+        message: &Message,
+        attempts: u32,
+        error: &keel_messaging::HandlerError,
+    ) -> Result<(), BusError> {
+        let dl = self.sub.dead_letter_message(message, attempts, error);
+        let mut tx = self.bus.store.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO bus_messages (destination, partition, message_id, msg_key, headers, payload, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&dl.destination)
+        .bind(i64::from(dl.partition(self.bus.settings.partitions)))
+        .bind(&dl.id)
+        .bind(dl.key.clone())
+        .bind(serde_json::to_string(&dl.headers).unwrap_or_else(|_| "{}".into()))
+        .bind(serde_json::to_string(&dl.payload).unwrap_or_else(|_| "null".into()))
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+        sqlx::query(
+            "UPDATE bus_offsets SET committed = $1, attempts = 0, retry_at = 0 WHERE destination = $2 AND grp = $3 AND partition = $4",
+        )
+        .bind(seq)
+        .bind(&self.sub.destination)
+        .bind(&self.sub.group)
+        .bind(i64::from(partition))
+        .execute(tx.conn())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+        tx.commit().await.map_err(unavailable)?;
+        metrics::counter!("keel_messaging_dead_lettered_total", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
+            .increment(1);
+        tracing::warn!(destination = %self.sub.destination, group = %self.sub.group, message_id = %message.id, attempts, error = %error, "message dead-lettered");
+        self.bus.waker.wake(&dl.destination).await;
+        Ok(())
+    }
+
+    async fn partition(self, partition: u32, stop: CancellationToken) {
+        let mut wake = self.bus.waker.subscribe(&self.sub.destination);
+        let poll = self.bus.settings.poll;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let (mut committed, mut attempts, retry_at) = match self.offset(partition).await {
+                Ok(o) => o,
+                Err(_) => {
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(poll) => continue }
+                }
+            };
+            let wait = retry_at - now_ms();
+            if wait > 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                }
+                continue;
+            }
+            let rows = sqlx::query(
+                "SELECT seq, message_id, msg_key, headers, payload FROM bus_messages \
+                 WHERE destination = $1 AND partition = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(&self.sub.destination)
+            .bind(i64::from(partition))
+            .bind(committed)
+            .bind(self.bus.settings.batch)
+            .fetch_all(self.bus.store.pool())
+            .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(_) => {
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(poll) => continue }
+                }
+            };
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            }
+            let mut retry_at = 0;
+            let mut progressed = false;
+            for row in &rows {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let seq: i64 = row.try_get("seq").unwrap_or(committed);
+                let message = match decode(&self.sub.destination, row) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // A row that cannot even be read goes to the dead letters unopened.
+                        let raw =
+                            Message::new(self.sub.destination.clone(), serde_json::Value::Null);
+                        let err = keel_messaging::HandlerError::reject(format!(
+                            "unreadable message: {e}"
+                        ));
+                        if self
+                            .dead_letter(partition, seq, &raw, attempts + 1, &err)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        committed = seq;
+                        attempts = 0;
+                        continue;
+                    }
+                };
+                let delivery = Delivery {
+                    message: message.clone(),
+                    attempt: attempts + 1,
+                    partition,
+                };
+                match self.handler.handle(delivery).await {
+                    Ok(()) => {
+                        committed = seq;
+                        attempts = 0;
+                        progressed = true;
+                        metrics::counter!("keel_messaging_delivered_total", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
+                            .increment(1);
+                    }
+                    Err(e) => match self.sub.after_failure(attempts + 1, &e) {
+                        AfterFailure::RetryAfter(d) => {
+                            attempts += 1;
+                            retry_at = now_ms() + d.as_millis() as i64;
+                            metrics::counter!("keel_messaging_redelivered_total", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
+                                .increment(1);
+                            tracing::debug!(message_id = %message.id, attempt = attempts, error = %e, "handler failed; will redeliver");
+                            break;
+                        }
+                        AfterFailure::DeadLetter => {
+                            // Save progress so far, then move this one aside atomically.
+                            if progressed {
+                                let _ = self.save(partition, committed, 0, 0).await;
+                            }
+                            if self
+                                .dead_letter(partition, seq, &message, attempts + 1, &e)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                            committed = seq;
+                            attempts = 0;
+                            progressed = false;
+                        }
+                    },
+                }
+            }
+            match self.save(partition, committed, attempts, retry_at).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(destination = %self.sub.destination, partition, "lost the partition's lease; stopping");
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn decode(destination: &str, row: &sqlx::any::AnyRow) -> Result<Message, String> {
+    let s = |c: &str| row.try_get::<String, _>(c).map_err(|e| e.to_string());
+    Ok(Message {
+        id: s("message_id")?,
+        destination: destination.to_owned(),
+        key: row.try_get("msg_key").map_err(|e| e.to_string())?,
+        headers: serde_json::from_str(&s("headers")?).map_err(|e| e.to_string())?,
+        payload: serde_json::from_str(&s("payload")?).map_err(|e| e.to_string())?,
+    })
+}

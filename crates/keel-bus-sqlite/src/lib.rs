@@ -1,0 +1,213 @@
+//! The embedded message bus on SQLite: Keel's default for one machine. Several processes
+//! share one bus file safely (SQLite's locking, WAL); consumer-group offsets and partition
+//! ownership live in the file, so they survive restarts, and a new member of a group takes
+//! over the partitions of a dead one when its lease runs out. Publishers wake consumers
+//! with a UDP datagram on loopback (in-process: directly), so delivery takes milliseconds,
+//! not a polling interval; a 250 ms poll remains as a safety net.
+
+mod consumer;
+mod schema;
+mod wake;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use keel_messaging::{Bus, BusError, Consumer, Handler, Message, Subscription, validate_name};
+use keel_store::{Store, now_ms};
+
+use crate::wake::Waker;
+
+/// Tunables of the embedded bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Partitions per destination (per-key order holds within one). Default 16. Every
+    /// process sharing a bus file must use the same value.
+    pub partitions: u32,
+    /// Messages older than this are deleted (default 7 days).
+    pub retention: Duration,
+    /// At most this many messages are kept per destination (default 1,000,000).
+    pub max_messages: i64,
+    /// A member whose heartbeat is older than this is dead (default 5 s).
+    pub member_timeout: Duration,
+    /// Safety-net poll when no wake-up arrives (default 250 ms).
+    pub poll: Duration,
+    /// Messages fetched per partition per round (default 200).
+    pub batch: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_messages: 1_000_000,
+            member_timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(250),
+            batch: 200,
+        }
+    }
+}
+
+/// The embedded bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteBus {
+    pub(crate) store: Store,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) waker: Waker,
+}
+
+impl SqliteBus {
+    /// Opens (creating if needed) the bus at `url` (`sqlite://path/to/bus.db`).
+    pub async fn open(url: &str) -> Result<Self, BusError> {
+        Self::open_with(url, Settings::default()).await
+    }
+
+    /// Opens with explicit settings.
+    pub async fn open_with(url: &str, settings: Settings) -> Result<Self, BusError> {
+        if !url.starts_with("sqlite:") {
+            return Err(BusError::Invalid(format!(
+                "the embedded bus needs a sqlite:// URL, got {url:?}"
+            )));
+        }
+        if settings.partitions == 0 || settings.partitions > 1024 {
+            return Err(BusError::Invalid(
+                "partitions must be between 1 and 1024".into(),
+            ));
+        }
+        let store = Store::connect_with(url, 4).await.map_err(unavailable)?;
+        store
+            .migrate("keel_bus", schema::MIGRATIONS)
+            .await
+            .map_err(unavailable)?;
+        let waker = Waker::new(store.clone())
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let bus = Self {
+            store,
+            settings: Arc::new(settings),
+            waker,
+        };
+        bus.spawn_retention();
+        Ok(bus)
+    }
+
+    fn spawn_retention(&self) {
+        let bus = self.clone();
+        let stop = self.waker.stopped();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                if let Err(e) = bus.enforce_retention().await {
+                    tracing::debug!(error = %e, "bus retention pass failed");
+                }
+            }
+        });
+    }
+
+    /// Deletes messages beyond the retention age or count. Returns how many.
+    pub async fn enforce_retention(&self) -> Result<u64, BusError> {
+        let cutoff = now_ms() - self.settings.retention.as_millis() as i64;
+        let mut n = self
+            .store
+            .write(sqlx::query("DELETE FROM bus_messages WHERE created_at < $1").bind(cutoff))
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        let dests: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT destination FROM bus_messages")
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+        for (d,) in dests {
+            n += self.store.write(sqlx::query(
+                "DELETE FROM bus_messages WHERE destination = $1 AND seq <= \
+                 (SELECT seq FROM bus_messages WHERE destination = $2 ORDER BY seq DESC LIMIT 1 OFFSET $3)",
+            )
+            .bind(&d)
+            .bind(&d)
+            .bind(self.settings.max_messages)
+            )
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// The bus's store (for inspection and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn insert_all(&self, messages: &[Message]) -> Result<(), BusError> {
+        let mut tx = self.store.begin().await.map_err(unavailable)?;
+        for m in messages {
+            validate_name(&m.destination).map_err(BusError::Invalid)?;
+            let headers = serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".into());
+            let payload = serde_json::to_string(&m.payload).unwrap_or_else(|_| "null".into());
+            sqlx::query(
+                "INSERT INTO bus_messages (destination, partition, message_id, msg_key, headers, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&m.destination)
+            .bind(i64::from(m.partition(self.settings.partitions)))
+            .bind(&m.id)
+            .bind(m.key.clone())
+            .bind(headers)
+            .bind(payload)
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        let mut dests: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
+        dests.sort_unstable();
+        dests.dedup();
+        for d in dests {
+            metrics::counter!("keel_messaging_published_total", "destination" => d.to_owned(), "backend" => "sqlite")
+                .increment(messages.iter().filter(|m| m.destination == d).count() as u64);
+            self.waker.wake(d).await;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn unavailable(e: keel_store::StoreError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl Bus for SqliteBus {
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move { self.insert_all(std::slice::from_ref(message)).await })
+    }
+
+    fn publish_all<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, (usize, Option<BusError>)> {
+        Box::pin(async move {
+            match self.insert_all(messages).await {
+                Ok(()) => (messages.len(), None),
+                Err(e) => (0, Some(e)),
+            }
+        })
+    }
+
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn Handler>,
+    ) -> BoxFuture<'_, Result<Consumer, BusError>> {
+        Box::pin(async move {
+            subscription.validate()?;
+            consumer::start(self.clone(), subscription, handler).await
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,334 @@
+//! The outbox and the inbox on both stores (SQLite always; PostgreSQL when
+//! `KEEL_TEST_DATABASE_URL` is set), relaying to the embedded bus.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use keel_bus_sqlite::{Settings, SqliteBus};
+use keel_messaging::{
+    Bus, BusError, Consumer, Delivery, Handler, HandlerError, Inbox, Message, Outbox, Processed,
+    Subscription,
+};
+use keel_store::{Migration, Store, testing::TempDir};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const APPLIED: &[Migration] = &[Migration::new(
+    1,
+    "applied",
+    "CREATE TABLE applied (seq {auto_id}, msg_key TEXT NOT NULL, n {bigint} NOT NULL)",
+)];
+
+/// The real bus behind a switch that makes it unavailable (fault injection).
+#[derive(Debug)]
+struct Switchable {
+    bus: SqliteBus,
+    down: AtomicBool,
+}
+
+impl Bus for Switchable {
+    fn publish<'a>(&'a self, m: &'a Message) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BusError::Unavailable("broker is down (test)".into()));
+            }
+            self.bus.publish(m).await
+        })
+    }
+    fn subscribe(
+        &self,
+        s: Subscription,
+        h: Arc<dyn Handler>,
+    ) -> BoxFuture<'_, Result<Consumer, BusError>> {
+        self.bus.subscribe(s, h)
+    }
+    fn backend(&self) -> &'static str {
+        "switchable"
+    }
+}
+
+async fn stores(dir: &TempDir, test: &str) -> Vec<Store> {
+    let mut v = vec![Store::connect(&dir.sqlite_url("svc.db")).await.unwrap()];
+    if let Some((pg, _)) = keel_store::testing::fresh_postgres(test).await.unwrap() {
+        v.push(pg);
+    }
+    v
+}
+
+async fn count(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sql)
+        .fetch_one(store.pool())
+        .await
+        .map(|r| r.0)
+        .unwrap_or(-1)
+}
+
+async fn until(store: &Store, sql: &'static str, n: i64) -> i64 {
+    let mut last = 0;
+    for _ in 0..400 {
+        last = count(store, sql).await;
+        if last >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
+fn applier(inbox: Inbox) -> Arc<dyn Handler> {
+    inbox.handler(|mut tx, d: Delivery| async move {
+        let n = d.message.payload["n"]
+            .as_i64()
+            .ok_or_else(|| HandlerError::reject("payload has no n"))?;
+        sqlx::query("INSERT INTO applied (msg_key, n) VALUES ($1, $2)")
+            .bind(d.message.key.clone().unwrap_or_default())
+            .bind(n)
+            .execute(tx.conn())
+            .await
+            .map_err(HandlerError::retry)?;
+        Ok(tx)
+    })
+}
+
+#[tokio::test]
+async fn outbox_publishes_committed_messages_only_in_order_with_two_relays() {
+    let dir = TempDir::new("outbox");
+    for store in stores(&dir, "outbox_publishes_committed_messages_only").await {
+        let backend = store.backend();
+        store.migrate("t", APPLIED).await.unwrap();
+        let bus = SqliteBus::open_with(
+            &dir.sqlite_url(&format!("bus-{backend:?}.db")),
+            Settings::default(),
+        )
+        .await
+        .unwrap();
+        let dest = format!("orders-{backend:?}").to_lowercase();
+        let inbox = Inbox::new(store.clone(), "t").await.unwrap();
+        let c = bus
+            .subscribe(Subscription::new(dest.clone(), "g"), applier(inbox))
+            .await
+            .unwrap();
+
+        let outbox = Outbox::new(store.clone()).await.unwrap();
+        // A rolled-back transaction publishes nothing.
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .send(
+                &mut tx,
+                &Message::new(dest.clone(), json!({"n": -1})).with_key("x"),
+            )
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(outbox.backlog().await.unwrap(), 0);
+
+        // Two relays on one database: one publishes at a time, order holds, nothing doubles.
+        let stop = CancellationToken::new();
+        let bus_arc: Arc<dyn Bus> = Arc::new(bus.clone());
+        tokio::spawn(outbox.clone().run_relay(bus_arc.clone(), stop.clone()));
+        let second = Outbox::new(store.clone()).await.unwrap();
+        tokio::spawn(second.run_relay(bus_arc, stop.clone()));
+        for batch in 0..10 {
+            let mut tx = store.begin().await.unwrap();
+            for n in batch * 20..(batch + 1) * 20 {
+                let m = Message::new(dest.clone(), json!({"n": n})).with_key(format!("k{}", n % 7));
+                outbox.send(&mut tx, &m).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        let got = until(&store, "SELECT COUNT(*) FROM applied", 200).await;
+        assert_eq!(got, 200, "{backend:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM applied").await,
+            200,
+            "{backend:?}: once each"
+        );
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT msg_key, n FROM applied ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let mut last = std::collections::HashMap::new();
+        for (k, n) in rows {
+            if let Some(p) = last.insert(k.clone(), n) {
+                assert!(n > p, "{backend:?}: key {k} out of order");
+            }
+        }
+        assert!(
+            rows_absent_negative(&store).await,
+            "{backend:?}: the rolled-back message never arrived"
+        );
+        stop.cancel();
+        c.stop().await;
+    }
+}
+
+async fn rows_absent_negative(store: &Store) -> bool {
+    count(store, "SELECT COUNT(*) FROM applied WHERE n < 0").await == 0
+}
+
+#[tokio::test]
+async fn outbox_keeps_accepting_while_the_bus_is_down_and_drains_after() {
+    let dir = TempDir::new("outbox-down");
+    for store in stores(&dir, "outbox_keeps_accepting_while_the_bus_is_down").await {
+        let backend = store.backend();
+        store.migrate("t", APPLIED).await.unwrap();
+        let bus = SqliteBus::open(&dir.sqlite_url(&format!("bus-down-{backend:?}.db")))
+            .await
+            .unwrap();
+        let flaky = Arc::new(Switchable {
+            bus: bus.clone(),
+            down: AtomicBool::new(true),
+        });
+        let dest = format!("down-{backend:?}").to_lowercase();
+        let inbox = Inbox::new(store.clone(), "t").await.unwrap();
+        let c = bus
+            .subscribe(Subscription::new(dest.clone(), "g"), applier(inbox))
+            .await
+            .unwrap();
+        let outbox = Outbox::new(store.clone()).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(outbox.clone().run_relay(flaky.clone(), stop.clone()));
+        for n in 0..50 {
+            let mut tx = store.begin().await.unwrap();
+            outbox
+                .send(
+                    &mut tx,
+                    &Message::new(dest.clone(), json!({"n": n})).with_key("k"),
+                )
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            outbox.backlog().await.unwrap(),
+            50,
+            "{backend:?}: nothing lost, nothing sent"
+        );
+        flaky.down.store(false, Ordering::SeqCst);
+        assert_eq!(
+            until(&store, "SELECT COUNT(*) FROM applied", 50).await,
+            50,
+            "{backend:?}"
+        );
+        assert_eq!(outbox.backlog().await.unwrap(), 0);
+        stop.cancel();
+        c.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn inbox_drops_duplicates_on_both_stores() {
+    let dir = TempDir::new("inbox");
+    for store in stores(&dir, "inbox_drops_duplicates_on_both_stores").await {
+        let backend = store.backend();
+        store.migrate("t", APPLIED).await.unwrap();
+        let inbox = Inbox::new(store.clone(), "consumer-a").await.unwrap();
+        let apply = |n: i64| {
+            move |mut tx: keel_store::Tx| async move {
+                sqlx::query("INSERT INTO applied (msg_key, n) VALUES ($1, $2)")
+                    .bind("k")
+                    .bind(n)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(HandlerError::retry)?;
+                Ok(tx)
+            }
+        };
+        assert_eq!(
+            inbox.process("m-1", apply(1)).await.unwrap(),
+            Processed::Applied
+        );
+        assert_eq!(
+            inbox.process("m-1", apply(1)).await.unwrap(),
+            Processed::Duplicate
+        );
+        // A failed handler records nothing: the retry applies it.
+        let failing = |tx: keel_store::Tx| async move {
+            drop(tx);
+            Err::<keel_store::Tx, _>(HandlerError::retry("boom"))
+        };
+        assert!(inbox.process("m-2", failing).await.is_err());
+        assert_eq!(
+            inbox.process("m-2", apply(2)).await.unwrap(),
+            Processed::Applied
+        );
+        // Another consumer has its own record of the same message.
+        let other = Inbox::new(store.clone(), "consumer-b").await.unwrap();
+        assert_eq!(
+            other.process("m-1", apply(3)).await.unwrap(),
+            Processed::Applied
+        );
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM applied").await,
+            3,
+            "{backend:?}"
+        );
+        assert_eq!(inbox.prune(-1_000).await.unwrap(), 2);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_transactions_committing_out_of_order_lose_nothing() {
+    let dir = TempDir::new("outbox-concurrent");
+    for store in stores(&dir, "concurrent_transactions_committing_out_of_order").await {
+        let backend = store.backend();
+        store.migrate("t", APPLIED).await.unwrap();
+        let bus = SqliteBus::open(&dir.sqlite_url(&format!("bus-conc-{backend:?}.db")))
+            .await
+            .unwrap();
+        let dest = format!("conc-{backend:?}").to_lowercase();
+        let inbox = Inbox::new(store.clone(), "t").await.unwrap();
+        let c = bus
+            .subscribe(Subscription::new(dest.clone(), "g"), applier(inbox))
+            .await
+            .unwrap();
+        let outbox = Outbox::new(store.clone()).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            outbox
+                .clone()
+                .run_relay(Arc::new(bus.clone()), stop.clone()),
+        );
+        // Each transaction takes its sequence number, then lingers a random while before
+        // committing, so later numbers often commit (and are relayed) first.
+        let mut tasks = Vec::new();
+        for p in 0..4i64 {
+            let (store, outbox, dest) = (store.clone(), outbox.clone(), dest.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..40i64 {
+                    let n = p * 1000 + i;
+                    let mut tx = store.begin().await.unwrap();
+                    outbox
+                        .send(
+                            &mut tx,
+                            &Message::new(dest.clone(), json!({"n": n})).with_key(format!("p{p}")),
+                        )
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis((n * 7 % 5) as u64)).await;
+                    tx.commit().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            until(&store, "SELECT COUNT(*) FROM applied", 160).await,
+            160,
+            "{backend:?}: nothing lost"
+        );
+        assert_eq!(outbox.backlog().await.unwrap(), 0);
+        stop.cancel();
+        c.stop().await;
+    }
+}

@@ -1,0 +1,62 @@
+//! A request on its way through a route: what the filters rewrite before it goes upstream.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{HeaderMap, HeaderValue, Method, Version};
+use keel_chassis::TraceContext;
+use tokio::time::Instant;
+
+use crate::pattern::Captures;
+
+/// Claims of a verified JWT.
+pub(crate) type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// The request as filters see and change it.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub(crate) method: Method,
+    pub(crate) version: Version,
+    /// The path, percent-encoded, as it will be sent upstream.
+    pub(crate) path: String,
+    /// The query string, without `?`.
+    pub(crate) query: Option<String>,
+    pub(crate) headers: HeaderMap,
+    /// Variables captured by `Path` and `Host`.
+    pub(crate) vars: Captures,
+    /// The client's address.
+    pub(crate) client: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub(crate) secure: bool,
+    /// The `Host` the client sent (or the HTTP/2 authority).
+    pub(crate) host: Option<HeaderValue>,
+    /// The path prefix removed by StripPrefix (sent as `X-Forwarded-Prefix`).
+    pub(crate) prefix: Option<String>,
+    /// Send the client's `Host` upstream (PreserveHostHeader).
+    pub(crate) preserve_host: bool,
+    /// Verified JWT claims (set by the JWT filter).
+    pub(crate) claims: Option<Arc<Claims>>,
+    /// This request's trace context (the gateway's server span).
+    pub(crate) trace: TraceContext,
+    /// Largest body the route accepts.
+    pub(crate) max_body: Option<u64>,
+    /// When the request must be answered by (from `keel-deadline-ms`).
+    pub(crate) deadline: Option<Instant>,
+    /// How many internal forwards led here (fallbacks to `forward:` URIs).
+    pub(crate) forwards: u8,
+}
+
+impl Exchange {
+    /// The path and query as one string.
+    pub(crate) fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) if !q.is_empty() => {
+                let mut s = String::with_capacity(self.path.len() + q.len() + 1);
+                s.push_str(&self.path);
+                s.push('?');
+                s.push_str(q);
+                s
+            }
+            _ => self.path.clone(),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The create-order saga with three participants over the embedded bus: success, failure
+//! at each step (compensating exactly the completed steps, in reverse), duplicate and
+//! stale replies, step timeouts, resource locks, the query API.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use keel_messaging::{Bus, Message, Outbox, headers};
+use keel_saga::{
+    Command, Orchestrator, REPLY_OUTCOME, SagaDefinition, SagaError, SagaState, Step, query,
+};
+use keel_store::{Store, testing::TempDir};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+struct World {
+    _dir: TempDir,
+    _consumers: Vec<keel_messaging::Consumer>,
+    bus: Arc<dyn Bus>,
+    order: Store,
+    orch: Orchestrator<OrderData>,
+    consumer: Store,
+    kitchen: Store,
+    accounting: Store,
+    stop: CancellationToken,
+}
+
+async fn world(name: &str) -> World {
+    let dir = TempDir::new(name);
+    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let stop = CancellationToken::new();
+    let (consumer, _c1) = participant(
+        "consumer",
+        bus.clone(),
+        &dir.sqlite_url("consumer.db"),
+        stop.clone(),
+    )
+    .await;
+    let (kitchen, _c2) = participant(
+        "kitchen",
+        bus.clone(),
+        &dir.sqlite_url("kitchen.db"),
+        stop.clone(),
+    )
+    .await;
+    let (accounting, _c3) = participant(
+        "accounting",
+        bus.clone(),
+        &dir.sqlite_url("accounting.db"),
+        stop.clone(),
+    )
+    .await;
+    let (order, orch) = order_service(bus.clone(), &dir.sqlite_url("order.db"), stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // partition assignment
+    World {
+        _dir: dir,
+        _consumers: vec![_c1, _c2, _c3],
+        bus,
+        order,
+        orch,
+        consumer,
+        kitchen,
+        accounting,
+        stop,
+    }
+}
+
+fn data(id: &str, fail_at: &str) -> OrderData {
+    OrderData {
+        order_id: id.to_owned(),
+        total: 1250,
+        fail_at: fail_at.to_owned(),
+        ticket_id: None,
+        authorization: None,
+        rejection: None,
+        flaky_at: String::new(),
+    }
+}
+
+async fn start(w: &World, d: OrderData) -> String {
+    let mut tx = w.order.begin().await.unwrap();
+    let id = w.orch.start(&mut tx, d).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn wait_final(store: &Store, id: &str) -> keel_saga::SagaDetail {
+    for _ in 0..400 {
+        let d = query::get(store, id).await.unwrap().unwrap();
+        if d.summary.state.is_final() {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "saga {id} did not end: {:?}",
+        query::get(store, id).await.unwrap()
+    );
+}
+
+fn kinds(d: &keel_saga::SagaDetail) -> Vec<String> {
+    d.timeline
+        .iter()
+        .map(|e| match &e.step_name {
+            Some(s) => format!("{} {}", e.kind, s),
+            None => e.kind.clone(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn all_steps_succeed() {
+    let w = world("saga-ok").await;
+    let id = start(&w, data("o1", "")).await;
+    let d = wait_final(&w.order, &id).await;
+    assert_eq!(d.summary.state, SagaState::Completed, "{:#?}", d.timeline);
+    assert_eq!(
+        order_state(&w.order, "o1").await.as_deref(),
+        Some("APPROVED")
+    );
+    assert_eq!(effects(&w.consumer, "o1").await, vec!["validated"]);
+    assert_eq!(
+        effects(&w.kitchen, "o1").await,
+        vec!["ticket created", "ticket confirmed"]
+    );
+    assert_eq!(effects(&w.accounting, "o1").await, vec!["authorized"]);
+    assert_eq!(d.data["ticket_id"], "t-o1");
+    assert_eq!(d.data["authorization"], "a-o1");
+    let k = kinds(&d);
+    assert_eq!(k.first().map(String::as_str), Some("STARTED"));
+    assert_eq!(k.last().map(String::as_str), Some("COMPLETED"));
+    assert!(
+        k.contains(&"COMMAND_SENT authorize payment".to_owned()),
+        "{k:?}"
+    );
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
+    let w = world("saga-fail").await;
+    // consumer refuses: only the local order creation is undone.
+    let a = start(&w, data("a", "consumer")).await;
+    // kitchen refuses: nothing of the kitchen to undo.
+    let b = start(&w, data("b", "kitchen")).await;
+    // accounting (the pivot) refuses: the ticket is cancelled, then the order rejected.
+    let c = start(&w, data("c", "accounting")).await;
+
+    let da = wait_final(&w.order, &a).await;
+    assert_eq!(
+        da.summary.state,
+        SagaState::Compensated,
+        "{:#?}",
+        da.timeline
+    );
+    assert_eq!(da.data["rejection"], "OrderLimitExceeded");
+    assert_eq!(
+        order_state(&w.order, "a").await.as_deref(),
+        Some("REJECTED")
+    );
+    assert!(effects(&w.kitchen, "a").await.is_empty());
+
+    let db = wait_final(&w.order, &b).await;
+    assert_eq!(db.summary.state, SagaState::Compensated);
+    assert_eq!(db.data["rejection"], "MenuItemUnavailable");
+    assert_eq!(effects(&w.consumer, "b").await, vec!["validated"]);
+    assert!(
+        effects(&w.kitchen, "b").await.is_empty(),
+        "a refused ticket needs no cancel"
+    );
+    assert_eq!(
+        order_state(&w.order, "b").await.as_deref(),
+        Some("REJECTED")
+    );
+
+    let dc = wait_final(&w.order, &c).await;
+    assert_eq!(
+        dc.summary.state,
+        SagaState::Compensated,
+        "{:#?}",
+        dc.timeline
+    );
+    assert_eq!(dc.data["rejection"], "PaymentDeclined");
+    assert_eq!(
+        effects(&w.kitchen, "c").await,
+        vec!["ticket created", "ticket cancelled"]
+    );
+    assert!(effects(&w.accounting, "c").await.is_empty());
+    assert_eq!(
+        order_state(&w.order, "c").await.as_deref(),
+        Some("REJECTED")
+    );
+    // Reverse order: the ticket is compensated before the order.
+    let k = kinds(&dc);
+    let ticket = k
+        .iter()
+        .position(|s| s == "COMPENSATED create ticket")
+        .unwrap();
+    let order = k
+        .iter()
+        .position(|s| s == "COMPENSATED create order")
+        .unwrap();
+    assert!(ticket < order, "{k:?}");
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_replies_are_ignored() {
+    let w = world("saga-dup").await;
+    let id = start(&w, data("d1", "")).await;
+    let d = wait_final(&w.order, &id).await;
+    assert_eq!(d.summary.state, SagaState::Completed);
+    // A stale reply (an old correlation id, a new message id so the inbox lets it through)
+    // arrives after the saga moved on: it is recorded and ignored.
+    let stale = Message::new(w.orch.reply_destination(), json!({"ticketId": "forged"}))
+        .with_key(id.clone())
+        .with_header(headers::CORRELATION_ID, format!("{id}|2|0|f"))
+        .with_header(headers::TYPE, "CreateTicketReply")
+        .with_header(REPLY_OUTCOME, "FAILURE");
+    w.bus.publish(&stale).await.unwrap();
+    // The same message again: dropped by the inbox before the engine sees it.
+    w.bus.publish(&stale).await.unwrap();
+    let mut ignored = 0;
+    for _ in 0..100 {
+        let d = query::get(&w.order, &id).await.unwrap().unwrap();
+        ignored = d
+            .timeline
+            .iter()
+            .filter(|e| e.kind == "REPLY_IGNORED")
+            .count();
+        if ignored > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = query::get(&w.order, &id).await.unwrap().unwrap();
+    assert_eq!(
+        d.timeline
+            .iter()
+            .filter(|e| e.kind == "REPLY_IGNORED")
+            .count(),
+        1,
+        "duplicate dropped by the inbox"
+    );
+    assert_eq!(ignored, 1);
+    assert_eq!(d.summary.state, SagaState::Completed);
+    assert_eq!(d.data["ticket_id"], "t-d1");
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_step_without_an_answer_times_out_and_compensates() {
+    let dir = TempDir::new("saga-timeout");
+    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let store = Store::connect(&dir.sqlite_url("svc.db")).await.unwrap();
+    store.migrate("t", ORDER_TABLES).await.unwrap();
+    let outbox = Outbox::new(store.clone()).await.unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
+    let def = SagaDefinition::<OrderData>::new("silent")
+        .step(
+            Step::local("create order", |tx, d: &mut OrderData| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO orders (id, state) VALUES ($1, 'APPROVAL_PENDING')")
+                        .bind(&d.order_id)
+                        .execute(tx.conn())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .compensate_locally(|tx, d: &mut OrderData| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE orders SET state = 'REJECTED' WHERE id = $1")
+                        .bind(&d.order_id)
+                        .execute(tx.conn())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        )
+        .step(
+            Step::command("ask nobody", |_d: &OrderData| {
+                Command::new("nobody.commands", "Hello", json!({}))
+            })
+            .timeout(Duration::from_millis(300))
+            .attempts(2),
+        );
+    let orch = Orchestrator::new(def, store.clone(), outbox, "svc")
+        .await
+        .unwrap();
+    let o = orch.clone();
+    let s = stop.clone();
+    tokio::spawn(async move { o.run(bus, s).await });
+    let mut tx = store.begin().await.unwrap();
+    let id = orch.start(&mut tx, data("t1", "")).await.unwrap();
+    tx.commit().await.unwrap();
+    let d = wait_final(&store, &id).await;
+    assert_eq!(d.summary.state, SagaState::Compensated);
+    let k = kinds(&d);
+    assert_eq!(
+        k.iter().filter(|s| s.starts_with("TIMEOUT")).count(),
+        2,
+        "two attempts: {k:?}"
+    );
+    assert_eq!(order_state(&store, "t1").await.as_deref(), Some("REJECTED"));
+    assert!(d.summary.error.unwrap().contains("timed out"));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_locked_resource_refuses_a_second_saga_until_the_first_ends() {
+    let w = world("saga-lock").await;
+    let mut tx = w.order.begin().await.unwrap();
+    let first = w
+        .orch
+        .start_locked(&mut tx, data("l1", ""), "order:l1")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = w.order.begin().await.unwrap();
+    let err = w
+        .orch
+        .start_locked(&mut tx, data("l1b", ""), "order:l1")
+        .await
+        .unwrap_err();
+    tx.rollback().await.unwrap();
+    assert!(matches!(err, SagaError::Locked { .. }), "{err}");
+    wait_final(&w.order, &first).await;
+    let mut tx = w.order.begin().await.unwrap();
+    w.orch
+        .start_locked(&mut tx, data("l1c", ""), "order:l1")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn sagas_are_listed_and_inspected_over_http() {
+    let w = world("saga-http").await;
+    let ok = start(&w, data("h1", "")).await;
+    let bad = start(&w, data("h2", "consumer")).await;
+    wait_final(&w.order, &ok).await;
+    wait_final(&w.order, &bad).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, query::router(w.order.clone())).await });
+    let http = reqwest::Client::new();
+    let list: serde_json::Value = http
+        .get(format!(
+            "http://{addr}/sagas?type=create-order&state=compensated"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![bad.as_str()]);
+    let one: serde_json::Value = http
+        .get(format!("http://{addr}/sagas/{ok}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["state"], "COMPLETED");
+    assert_eq!(one["data"]["order_id"], "h1");
+    assert!(one["timeline"].as_array().unwrap().len() >= 10);
+    let missing = http
+        .get(format!("http://{addr}/sagas/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    let bad_state = http
+        .get(format!("http://{addr}/sagas?state=sleeping"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_state.status(), 400);
+    w.stop.cancel();
+    let _ = (&w.consumer, &w.kitchen, &w.accounting);
+}
+
+#[test]
+fn definitions_that_break_the_structure_are_refused() {
+    let after_pivot = SagaDefinition::<OrderData>::new("bad")
+        .step(Step::command("pay", |_d: &OrderData| Command::new("a", "A", json!({}))).pivot())
+        .step(Step::command("ship", |_d: &OrderData| {
+            Command::new("b", "B", json!({}))
+        }));
+    let e = after_pivot.validate().unwrap_err();
+    assert!(
+        e.to_string().contains("after the pivot must be retriable"),
+        "{e}"
+    );
+    let two_pivots = SagaDefinition::<OrderData>::new("bad")
+        .step(Step::command("a", |_d: &OrderData| Command::new("a", "A", json!({}))).pivot())
+        .step(Step::command("b", |_d: &OrderData| Command::new("b", "B", json!({}))).pivot());
+    assert!(two_pivots.validate().is_err());
+    let compensated_pivot = SagaDefinition::<OrderData>::new("bad").step(
+        Step::command("a", |_d: &OrderData| Command::new("a", "A", json!({})))
+            .compensate_with(|_d: &OrderData| Command::new("a", "Undo", json!({})))
+            .pivot(),
+    );
+    assert!(compensated_pivot.validate().is_err());
+    assert!(create_order_saga().validate().is_ok());
+}

@@ -1,0 +1,230 @@
+//! The `keel` binary: one executable for every Keel component. Thin by design — argument
+//! parsing and wiring; the work lives in the library crates.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a microservice platform for Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a topology of processes on this machine (like `docker compose up`).
+    Up {
+        /// Topology file.
+        #[arg(long, short, default_value = "keel.toml")]
+        file: PathBuf,
+    },
+    /// Run the service registry (Eureka-compatible; listens on 127.0.0.1:8761 by default).
+    Registry {
+        /// A peer registry to replicate with (repeatable), e.g. http://127.0.0.1:8762.
+        #[arg(long = "peer", value_name = "URL")]
+        peers: Vec<String>,
+        #[command(flatten)]
+        chassis: keel_chassis::ChassisArgs,
+    },
+    /// Benchmarks that print a baseline measured in the same run beside Keel's figure.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Run one of the example services.
+    #[command(subcommand)]
+    Example(Example),
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Registry: register → seen by a watcher, deregister/kill → removed, memory.
+    Registry {
+        /// Instances to register.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// Concurrent registering clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Instances whose heartbeats stop, to measure lease expiry.
+        #[arg(long, default_value_t = 100)]
+        killed: usize,
+        /// Benchmark an already running registry instead of starting one.
+        #[arg(long, value_name = "URL")]
+        registry: Option<String>,
+    },
+    /// Message bus: end-to-end throughput and latency beside the raw backend client.
+    Bus {
+        /// The bus: sqlite://path/bus.db or nats://host:4222.
+        #[arg(long, default_value = "sqlite://target/keel-bench/bus.db")]
+        backend: String,
+        /// Messages for the throughput run.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Messages per publish batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Rate of the latency run (messages per second).
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Sagas: completed three-step sagas per second beside the store's commit bound.
+    Saga {
+        /// The store: sqlite://path/file.db (one file per service beside it) or postgres://…
+        #[arg(long, default_value = "sqlite://target/keel-bench/saga.db")]
+        store: String,
+        /// The bus: sqlite://path/bus.db or nats://host:4222.
+        #[arg(long, default_value = "sqlite://target/keel-bench/saga-bus.db")]
+        bus: String,
+        /// Sagas to run.
+        #[arg(long, default_value_t = 2_000)]
+        sagas: usize,
+        /// Sagas in flight at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+    },
+    /// Transactional outbox: commit → delivered at fixed commit rates, beside the commit itself.
+    Outbox {
+        /// The store: sqlite://path/file.db or postgres://…
+        #[arg(long, default_value = "sqlite://target/keel-bench/outbox.db")]
+        store: String,
+        /// The bus to relay to (default: an embedded bus in a temporary directory).
+        #[arg(long)]
+        bus: Option<String>,
+        /// Commit rates, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        rates: Vec<u64>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Example {
+    /// A small greeting service built on the chassis.
+    Greeter(keel_chassis::ChassisArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        match cli.command {
+            Command::Up { file } => up(file).await,
+            Command::Registry { peers, chassis } => keel_registry::run(&chassis, &peers)
+                .await
+                .map_err(Into::into),
+            Command::Bench(Bench::Registry {
+                instances,
+                clients,
+                killed,
+                registry,
+            }) => keel_bench::registry::run(keel_bench::registry::Options {
+                instances,
+                clients,
+                killed,
+                registry,
+                self_exe: std::env::current_exe()?,
+            })
+            .await
+            .map_err(anyhow::Error::msg),
+            Command::Bench(Bench::Bus {
+                backend,
+                messages,
+                batch,
+                rate,
+                seconds,
+            }) => keel_bench::bus::run(keel_bench::bus::Options {
+                backend,
+                messages,
+                batch,
+                rate,
+                seconds,
+            })
+            .await
+            .map_err(anyhow::Error::msg),
+            Command::Bench(Bench::Saga {
+                store,
+                bus,
+                sagas,
+                concurrency,
+            }) => keel_bench::saga::run(keel_bench::saga::Options {
+                store,
+                bus,
+                sagas,
+                concurrency,
+            })
+            .await
+            .map_err(anyhow::Error::msg),
+            Command::Bench(Bench::Outbox {
+                store,
+                bus,
+                rates,
+                seconds,
+            }) => keel_bench::outbox::run(keel_bench::outbox::Options {
+                store,
+                bus,
+                rates,
+                seconds,
+            })
+            .await
+            .map_err(anyhow::Error::msg),
+            Command::Example(Example::Greeter(args)) => {
+                keel_example_greeter::run(&args).await.map_err(Into::into)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(file: PathBuf) -> anyhow::Result<()> {
+    let topology = keel_supervisor::Topology::load(&file)?;
+    let self_exe = std::env::current_exe()?;
+    let shutdown = tokio_util_token();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        keel_chassis::wait_for_signal().await;
+        token.cancel();
+    });
+    // Children write to a pipe, so they would log JSON; on a terminal, people want text.
+    let mut env = Vec::new();
+    if std::io::stdout().is_terminal() && std::env::var_os("KEEL_LOG_FORMAT").is_none() {
+        env.push(("KEEL_LOG_FORMAT".to_owned(), "text".to_owned()));
+    }
+    let options = keel_supervisor::Options {
+        self_exe,
+        env,
+        ..Default::default()
+    };
+    keel_supervisor::Supervisor::new(topology, options)
+        .run(shutdown)
+        .await?;
+    Ok(())
+}
+
+fn tokio_util_token() -> keel_supervisor::CancellationToken {
+    keel_supervisor::CancellationToken::new()
+}
