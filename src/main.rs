@@ -32,6 +32,21 @@ enum Command {
         #[command(flatten)]
         chassis: keel_chassis::ChassisArgs,
     },
+    /// Run the API gateway (Spring Cloud Gateway routes; listens on 127.0.0.1:8080 by default).
+    Gateway {
+        /// Route file: Keel's layout or a Spring Cloud Gateway application.yml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding the file's port (e.g. 127.0.0.1:8080 or :8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Spring profile(s) whose documents of a multi-document file apply (repeatable).
+        #[arg(long = "profile", value_name = "NAME")]
+        profiles: Vec<String>,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// Benchmarks that print a baseline measured in the same run beside Keel's figure.
     #[command(subcommand)]
     Bench(Bench),
@@ -115,10 +130,14 @@ enum Example {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Gateway {
+        workers: Some(n), ..
+    } = &cli.command
     {
+        builder.worker_threads((*n).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");
@@ -131,6 +150,18 @@ fn main() -> ExitCode {
             Command::Registry { peers, chassis } => keel_registry::run(&chassis, &peers)
                 .await
                 .map_err(Into::into),
+            Command::Gateway {
+                config,
+                listen,
+                profiles,
+                ..
+            } => keel_gateway::run(keel_gateway::Options {
+                config,
+                listen,
+                profiles,
+            })
+            .await
+            .map_err(Into::into),
             Command::Bench(Bench::Registry {
                 instances,
                 clients,

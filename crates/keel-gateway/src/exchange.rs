@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderValue, Method, Version};
 use keel_chassis::TraceContext;
-use tokio::time::Instant;
+use keel_resilience::Deadline;
 
 use crate::pattern::Captures;
 
@@ -40,7 +40,7 @@ pub(crate) struct Exchange {
     /// Largest body the route accepts.
     pub(crate) max_body: Option<u64>,
     /// When the request must be answered by (from `keel-deadline-ms`).
-    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline: Option<Deadline>,
     /// How many internal forwards led here (fallbacks to `forward:` URIs).
     pub(crate) forwards: u8,
 }

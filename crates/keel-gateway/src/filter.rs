@@ -1,6 +1,6 @@
 //! Route filters (Spring Cloud Gateway's set plus a few of Keel's), compiled once per route
 //! table. Request filters run in order before the upstream call; response filters run in
-//! reverse order after it (Spring's "post" order); Retry and CircuitBreaker wrap the call.
+//! order after it; Retry and CircuitBreaker wrap the call.
 //!
 //! See `docs/gateway.md` for every filter with its arguments.
 

@@ -1,0 +1,694 @@
+//! The request path: match a route, run its request filters, call the upstream (balanced,
+//! retried, behind the route's breaker, within one time budget), run its response filters,
+//! and stream the response back. Every failure becomes a problem+json answer naming the route.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header,
+};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use keel_chassis::TraceContext;
+use keel_discovery::Balancer;
+use keel_resilience::{Deadline, Outcome};
+use tokio::time::Instant;
+
+use crate::{
+    body::Body,
+    client::Clients,
+    config::ForwardedSettings,
+    exchange::Exchange,
+    problem::{GatewayProblem, types},
+    route::{Route, RouteTable, Target},
+};
+
+/// Bodies up to this size are buffered so a retry can send them again.
+const REPLAY_LIMIT: u64 = 1 << 20;
+/// Most internal forwards (`forward:` URIs, fallbacks) per request.
+const MAX_FORWARDS: u8 = 4;
+
+/// The request-independent state of the proxy.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) clients: Clients,
+    pub(crate) balancer: Option<Balancer>,
+    pub(crate) forwarded: ForwardedSettings,
+    /// Global time to the response head.
+    pub(crate) response_timeout: Option<Duration>,
+    /// Global request body limit.
+    pub(crate) max_body: Option<u64>,
+    pub(crate) access_log: bool,
+}
+
+/// What went wrong calling an upstream.
+#[derive(Debug)]
+enum UpstreamError {
+    NoInstance(String),
+    Connect(String),
+    Timeout(Duration),
+    BodyTooLarge(u64),
+    Other(String),
+    CircuitOpen(String),
+}
+
+impl UpstreamError {
+    /// Whether the request never reached an instance (safe to send elsewhere).
+    fn not_sent(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+
+    fn cause(&self) -> &'static str {
+        match self {
+            UpstreamError::NoInstance(_) => "no-instance",
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::BodyTooLarge(_) => "body-too-large",
+            UpstreamError::Other(_) => "upstream-error",
+            UpstreamError::CircuitOpen(_) => "circuit-open",
+        }
+    }
+
+    fn into_problem(self, route: &str, path: &str) -> Response<Body> {
+        let (status, ty, detail) = match self {
+            UpstreamError::NoInstance(s) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                types::NO_INSTANCE,
+                format!("no available instance of service `{s}`"),
+            ),
+            UpstreamError::Connect(e) => (
+                StatusCode::BAD_GATEWAY,
+                types::UPSTREAM_UNREACHABLE,
+                format!("cannot connect to the upstream: {e}"),
+            ),
+            UpstreamError::Timeout(d) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                types::UPSTREAM_TIMEOUT,
+                format!("the upstream did not answer within {} ms", d.as_millis()),
+            ),
+            UpstreamError::BodyTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                types::BODY_TOO_LARGE,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ),
+            UpstreamError::Other(e) => (
+                StatusCode::BAD_GATEWAY,
+                types::UPSTREAM_ERROR,
+                format!("the upstream call failed: {e}"),
+            ),
+            UpstreamError::CircuitOpen(name) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                types::CIRCUIT_OPEN,
+                format!("circuit breaker `{name}` is open"),
+            ),
+        };
+        GatewayProblem::new(status, ty, detail)
+            .route(route)
+            .instance(path)
+            .into_response()
+    }
+}
+
+/// The request body as the proxy holds it: streamed once, or buffered and replayable.
+enum RequestBody {
+    Stream(Option<Body>),
+    Replay(Bytes),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            RequestBody::Stream(b) => b.take(),
+            RequestBody::Replay(b) => Some(Body::full(b.clone())),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replay(_))
+    }
+}
+
+/// A finished request, for metrics and the access log.
+pub(crate) struct Handled {
+    pub(crate) response: Response<Body>,
+    pub(crate) route: Option<Arc<str>>,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (and those the `Connection` header lists). `Upgrade` is kept
+/// for WebSocket handshakes.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+impl Proxy {
+    /// Handles one request from `client`.
+    pub(crate) async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        secure: bool,
+    ) -> Handled {
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let mut headers = parts.headers;
+        if !headers.contains_key(header::HOST)
+            && let Some(h) = &host
+        {
+            headers.insert(header::HOST, h.clone());
+        }
+        let deadline = Deadline::from_headers(&headers, Instant::now());
+        let ex = Exchange {
+            method: parts.method,
+            version: parts.version,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            trace: TraceContext::from_headers(&headers),
+            headers,
+            vars: Vec::new(),
+            client,
+            secure,
+            host,
+            prefix: None,
+            preserve_host: false,
+            claims: None,
+            max_body: self.max_body,
+            deadline,
+            forwards: 0,
+        };
+        let (mut response, route) = self
+            .dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade)
+            .await;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(response.headers_mut(), false);
+        }
+        Handled { response, route }
+    }
+
+    /// Routes `ex` and answers it. `depth` counts internal forwards.
+    fn dispatch<'a>(
+        &'a self,
+        mut ex: Exchange,
+        body: Option<Body>,
+        depth: u8,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> BoxFuture<'a, (Response<Body>, Option<Arc<str>>)> {
+        Box::pin(async move {
+            if depth > MAX_FORWARDS {
+                let res = GatewayProblem::new(
+                    StatusCode::LOOP_DETECTED,
+                    types::INTERNAL,
+                    format!("more than {MAX_FORWARDS} internal forwards"),
+                )
+                .instance(&ex.path)
+                .into_response();
+                return (res, None);
+            }
+            let table = self.table.load();
+            let Some(m) = table.find(
+                &ex.method,
+                &ex.path,
+                ex.query.as_deref(),
+                &ex.headers,
+                ex.client.ip(),
+                false,
+            ) else {
+                let res = GatewayProblem::new(
+                    StatusCode::NOT_FOUND,
+                    types::NO_ROUTE,
+                    format!("no route matches {} {}", ex.method, ex.path),
+                )
+                .instance(&ex.path)
+                .trace(ex.trace.trace_id_hex())
+                .into_response();
+                return (res, None);
+            };
+            drop(table);
+            let route = m.route;
+            ex.vars = m.vars;
+            ex.forwards = depth;
+            let id = route.id.clone();
+            for f in &route.request_filters {
+                if let Some(res) = f.on_request(&mut ex, &route.id) {
+                    return (res, Some(id));
+                }
+            }
+            let mut res = match &route.target {
+                Target::NoOp => Response::new(Body::Empty),
+                Target::Forward(path) => {
+                    ex.path = path.clone();
+                    self.dispatch(ex_clone(&ex), body, depth + 1, client_upgrade)
+                        .await
+                        .0
+                }
+                Target::Http { .. } | Target::Lb { .. } => {
+                    self.upstream(&route, &ex, body, depth, client_upgrade).await
+                }
+            };
+            for f in &route.response_filters {
+                f.on_response(&ex, &mut res);
+            }
+            (res, Some(id))
+        })
+    }
+
+    /// Calls the route's upstream with its retry and breaker policies.
+    async fn upstream(
+        &self,
+        route: &Route,
+        ex: &Exchange,
+        body: Option<Body>,
+        depth: u8,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let tripped = Arc::new(AtomicBool::new(false));
+        let body = match self.prepare_body(route, ex, body, &tripped).await {
+            Ok(b) => b,
+            Err(res) => return *res,
+        };
+        let mut body = body;
+        let retry = route.retry.as_ref().filter(|r| r.allows(&ex.method));
+        let mut avoid: Vec<String> = Vec::new();
+        let mut retries = 0u32;
+        let result = loop {
+            let permit = match &route.breaker {
+                Some(b) => match b.breaker.try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => break Err(UpstreamError::CircuitOpen(breaker_name(b))),
+                },
+                None => None,
+            };
+            let Some(attempt_body) = body.take() else {
+                break Err(UpstreamError::Other("the request body was already sent".into()));
+            };
+            let r = self.attempt(route, ex, attempt_body, &mut avoid).await;
+            if let (Some(p), Some(b)) = (permit, &route.breaker) {
+                let outcome = match &r {
+                    Ok(res) if b.failure_statuses.contains(res.status().as_u16()) => {
+                        Outcome::Failure
+                    }
+                    Ok(_) => Outcome::Success,
+                    Err(UpstreamError::NoInstance(_) | UpstreamError::BodyTooLarge(_)) => {
+                        Outcome::Ignored
+                    }
+                    Err(_) => Outcome::Failure,
+                };
+                p.record(outcome);
+            }
+            let again = match (&r, retry) {
+                (_, None) => false,
+                (Ok(res), Some(p)) => p.statuses.contains(res.status().as_u16()),
+                (Err(e), Some(p)) => {
+                    p.on_errors
+                        && matches!(e, UpstreamError::Connect(_) | UpstreamError::Timeout(_))
+                }
+            };
+            // A request that never reached an lb:// instance goes to another one once, even
+            // without a Retry filter, when its body can be sent again.
+            let lb_failover = retry.is_none()
+                && retries == 0
+                && matches!(route.target, Target::Lb { .. })
+                && matches!(&r, Err(e) if e.not_sent());
+            let limit = retry.map_or(1, |p| p.retries);
+            if (again || lb_failover) && retries < limit && body.replayable() {
+                retries += 1;
+                let wait = retry.map_or(Duration::ZERO, |p| p.backoff(retries));
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                continue;
+            }
+            break r;
+        };
+        if tripped.load(Ordering::Acquire) {
+            let limit = ex.max_body.unwrap_or(0);
+            return UpstreamError::BodyTooLarge(limit).into_problem(&route.id, &ex.path);
+        }
+        let failed = match (&result, &route.breaker) {
+            (Err(_), Some(b)) => b.fallback.is_some(),
+            (Ok(res), Some(b)) => {
+                b.fallback.is_some() && b.failure_statuses.contains(res.status().as_u16())
+            }
+            _ => false,
+        };
+        if failed && let Some(path) = route.breaker.as_ref().and_then(|b| b.fallback.clone()) {
+            let cause = match &result {
+                Err(e) => e.cause(),
+                Ok(_) => "status",
+            };
+            let mut fx = ex_clone(ex);
+            fx.path = path;
+            fx.method = Method::GET;
+            fx.query = None;
+            fx.headers
+                .insert("x-keel-fallback-cause", HeaderValue::from_static(cause));
+            fx.headers
+                .insert("x-keel-fallback-route", header_value(&route.id));
+            return self.dispatch(fx, None, depth + 1, None).await.0;
+        }
+        match result {
+            Ok(mut res) => {
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_up) = client_upgrade {
+                        let upstream_up = hyper::upgrade::on(&mut res);
+                        tokio::spawn(tunnel(client_up, upstream_up));
+                    }
+                    return res.map(|_| Body::Empty);
+                }
+                res.map(Body::Incoming)
+            }
+            Err(e) => e.into_problem(&route.id, &ex.path),
+        }
+    }
+
+    /// Applies the body limit and buffers small bodies when a retry may resend them.
+    async fn prepare_body(
+        &self,
+        route: &Route,
+        ex: &Exchange,
+        body: Option<Body>,
+        tripped: &Arc<AtomicBool>,
+    ) -> Result<RequestBody, Box<Response<Body>>> {
+        let Some(body) = body else {
+            return Ok(RequestBody::Replay(Bytes::new()));
+        };
+        let declared = ex
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(len), Some(max)) = (declared, ex.max_body)
+            && len > max
+        {
+            return Err(Box::new(
+                UpstreamError::BodyTooLarge(max).into_problem(&route.id, &ex.path),
+            ));
+        }
+        let chunked = ex.headers.contains_key(header::TRANSFER_ENCODING);
+        let empty = !chunked && declared.unwrap_or(0) == 0 && ex.version != Version::HTTP_2
+            || http_body::Body::is_end_stream(&body);
+        if empty {
+            return Ok(RequestBody::Replay(Bytes::new()));
+        }
+        let replay_wanted = route.retry.as_ref().is_some_and(|r| r.allows(&ex.method))
+            || matches!(route.target, Target::Lb { .. });
+        if replay_wanted && declared.is_some_and(|l| l <= REPLAY_LIMIT) {
+            let bytes = match body.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    return Err(Box::new(
+                        GatewayProblem::new(
+                            StatusCode::BAD_REQUEST,
+                            types::BAD_REQUEST,
+                            format!("the request body could not be read: {e}"),
+                        )
+                        .route(&route.id)
+                        .instance(&ex.path)
+                        .into_response(),
+                    ));
+                }
+            };
+            return Ok(RequestBody::Replay(bytes));
+        }
+        let body = match (body, ex.max_body) {
+            (Body::Incoming(b), Some(max)) => Body::limited(b, max, tripped.clone()),
+            (b, _) => b,
+        };
+        Ok(RequestBody::Stream(Some(body)))
+    }
+
+    /// One call to one instance.
+    async fn attempt(
+        &self,
+        route: &Route,
+        ex: &Exchange,
+        body: Body,
+        avoid: &mut Vec<String>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (authority, h2c, pick) = match &route.target {
+            Target::Http { authority, h2c, .. } => (authority.to_string(), *h2c, None),
+            Target::Lb { service } => {
+                let balancer = self
+                    .balancer
+                    .as_ref()
+                    .ok_or_else(|| UpstreamError::NoInstance(service.clone()))?;
+                let pick = balancer
+                    .pick(service, avoid)
+                    .map_err(|e| UpstreamError::NoInstance(e.service))?;
+                (pick.instance.authority(), false, Some(pick))
+            }
+            _ => return Err(UpstreamError::Other("not an upstream route".into())),
+        };
+        let req = self.upstream_request(ex, &authority, body)?;
+        let timeout = [
+            route.response_timeout.or(self.response_timeout),
+            route.breaker.as_ref().and_then(|b| b.time_limit),
+            ex.deadline.map(|d| d.remaining()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| *d != Duration::MAX)
+        .min();
+        let client = self.clients.get(route.connect_timeout, h2c);
+        let call = client.request(req);
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, call).await {
+                Ok(r) => r.map_err(|e| classify(&e)),
+                Err(_) => Err(UpstreamError::Timeout(t)),
+            },
+            None => call.await.map_err(|e| classify(&e)),
+        };
+        if let Some(pick) = pick {
+            let outcome = match &result {
+                Ok(res) if res.status().is_server_error() => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            };
+            if matches!(&result, Err(e) if e.not_sent()) {
+                avoid.push(pick.instance.id.clone());
+            }
+            pick.record(outcome);
+        }
+        result
+    }
+
+    /// The request as sent upstream: the filtered path and headers, hop-by-hop headers
+    /// removed, `X-Forwarded-*`/`Forwarded`, trace context and the remaining deadline.
+    fn upstream_request(
+        &self,
+        ex: &Exchange,
+        authority: &str,
+        body: Body,
+    ) -> Result<Request<Body>, UpstreamError> {
+        let uri: Uri = format!("http://{authority}{}", ex.path_and_query())
+            .parse()
+            .map_err(|e| UpstreamError::Other(format!("invalid upstream URI: {e}")))?;
+        let mut headers = ex.headers.clone();
+        let upgrade = is_upgrade(&headers);
+        strip_hop_by_hop(&mut headers, upgrade);
+        let host = match (&ex.host, ex.preserve_host) {
+            (Some(h), true) => h.clone(),
+            _ => header_value(authority),
+        };
+        headers.insert(header::HOST, host);
+        let proto = if ex.secure { "https" } else { "http" };
+        let client_ip = ex.client.ip().to_string();
+        if self.forwarded.x_forwarded {
+            append_list(&mut headers, "x-forwarded-for", &client_ip);
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            if let Some(h) = &ex.host {
+                headers.insert("x-forwarded-host", h.clone());
+                let port = h
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.rsplit_once(':'))
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|(_, p)| p.to_owned())
+                    .unwrap_or_else(|| if ex.secure { "443" } else { "80" }.to_owned());
+                headers.insert("x-forwarded-port", header_value(&port));
+            }
+            if let Some(prefix) = &ex.prefix {
+                headers.insert("x-forwarded-prefix", header_value(prefix));
+            }
+        }
+        if self.forwarded.forwarded {
+            let for_ = if ex.client.is_ipv6() {
+                format!("\"[{client_ip}]\"")
+            } else {
+                client_ip
+            };
+            let mut v = format!("for={for_};proto={proto}");
+            if let Some(h) = ex.host.as_ref().and_then(|h| h.to_str().ok()) {
+                v.push_str(";host=\"");
+                v.push_str(h);
+                v.push('"');
+            }
+            append_list(&mut headers, "forwarded", &v);
+        }
+        ex.trace.write_headers(&mut headers);
+        if let Some(d) = ex.deadline {
+            d.to_headers(&mut headers);
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = ex.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+fn breaker_name(b: &crate::route::BreakerPolicy) -> String {
+    b.breaker
+        .name()
+        .strip_prefix("gateway:")
+        .unwrap_or(b.breaker.name())
+        .to_owned()
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() {
+        UpstreamError::Connect(msg)
+    } else {
+        UpstreamError::Other(msg)
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn append_list(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    let v = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    headers.insert(name, header_value(&v));
+}
+
+/// A copy of the exchange for an internal forward.
+fn ex_clone(ex: &Exchange) -> Exchange {
+    Exchange {
+        method: ex.method.clone(),
+        version: ex.version,
+        path: ex.path.clone(),
+        query: ex.query.clone(),
+        headers: ex.headers.clone(),
+        vars: Vec::new(),
+        client: ex.client,
+        secure: ex.secure,
+        host: ex.host.clone(),
+        prefix: ex.prefix.clone(),
+        preserve_host: false,
+        claims: ex.claims.clone(),
+        trace: ex.trace.clone(),
+        max_body: ex.max_body,
+        deadline: ex.deadline,
+        forwards: ex.forwards,
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut c = hyper_util::rt::TokioIo::new(c);
+    let mut u = hyper_util::rt::TokioIo::new(u);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}

@@ -1,0 +1,584 @@
+//! The route table: the file's routes compiled once (predicates, filters, target, resilience),
+//! sorted by `order`, and matched per request. A new table replaces the old one atomically on
+//! reload; breakers live outside the table so their state survives reloads.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Method, uri::Authority};
+use keel_resilience::{CircuitBreaker, classify::StatusSet};
+use serde_json::Value;
+
+use crate::{
+    config::{GatewayConfig, RouteDef, Spec, spec},
+    error::LoadError,
+    filter::{Filter, Phase},
+    pattern::Captures,
+    predicate::{Draws, Predicate, RequestView, WeightGroups},
+};
+
+/// Where a route sends requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A fixed upstream: `http://host:port` (the route URI's path is not used, as in Spring).
+    Http {
+        /// `http` or `https`.
+        https: bool,
+        /// HTTP/2 with prior knowledge (`h2c://`).
+        h2c: bool,
+        /// `host:port`.
+        authority: Authority,
+    },
+    /// `lb://service`: an instance chosen by the balancer.
+    Lb {
+        /// The service id (lower case).
+        service: String,
+    },
+    /// `forward:/path`: handled again by the route table with this path.
+    Forward(String),
+    /// `no://op`: answered by the gateway itself (filters set the response).
+    NoOp,
+}
+
+impl Target {
+    fn parse(uri: &str) -> Result<Self, String> {
+        if let Some(path) = uri.strip_prefix("forward:") {
+            if !path.starts_with('/') {
+                return Err(format!("`forward:` needs an absolute path, got {uri:?}"));
+            }
+            return Ok(Target::Forward(path.to_owned()));
+        }
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or_else(|| format!("{uri:?} is not a URI (expected http://, lb://, …)"))?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "no" => Ok(Target::NoOp),
+            "lb" => {
+                if host.is_empty() {
+                    return Err(format!("{uri:?} names no service"));
+                }
+                Ok(Target::Lb {
+                    service: host.to_ascii_lowercase(),
+                })
+            }
+            s @ ("http" | "https" | "ws" | "wss" | "h2c") => {
+                let https = matches!(s, "https" | "wss");
+                if https && !cfg!(feature = "tls") {
+                    return Err(format!(
+                        "{uri:?}: https upstreams need the gateway's `tls` feature"
+                    ));
+                }
+                let default_port = if https { 443 } else { 80 };
+                let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| {
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                }) {
+                    host.to_owned()
+                } else {
+                    format!("{host}:{default_port}")
+                };
+                let authority: Authority = with_port
+                    .parse()
+                    .map_err(|_| format!("{uri:?} has an invalid host"))?;
+                if authority.host().is_empty() {
+                    return Err(format!("{uri:?} names no host"));
+                }
+                Ok(Target::Http {
+                    https,
+                    h2c: s == "h2c",
+                    authority,
+                })
+            }
+            other => Err(format!(
+                "unsupported URI scheme {other:?} in {uri:?} (http, https, ws, wss, h2c, lb, forward, no)"
+            )),
+        }
+    }
+}
+
+/// Spring's Retry filter.
+#[derive(Debug, Clone)]
+pub(crate) struct RetryPolicy {
+    /// Retries after the first attempt (Spring's `retries`, default 3).
+    pub(crate) retries: u32,
+    /// Statuses that cause a retry (`statuses` and `series`; default: 5xx).
+    pub(crate) statuses: StatusSet,
+    /// Methods that may be retried (default GET).
+    pub(crate) methods: Vec<Method>,
+    /// Retry when the upstream could not be reached or timed out (Spring's `exceptions`:
+    /// IOException and TimeoutException by default).
+    pub(crate) on_errors: bool,
+    /// First backoff; `None`: retry at once.
+    pub(crate) first_backoff: Option<Duration>,
+    /// Longest backoff.
+    pub(crate) max_backoff: Duration,
+    /// Backoff multiplier.
+    pub(crate) factor: u32,
+}
+
+impl RetryPolicy {
+    fn build(a: &crate::config::Args) -> Result<Self, String> {
+        let retries = match a.string(0, "retries")? {
+            Some(s) => s
+                .parse()
+                .map_err(|_| format!("`retries` must be a whole number, got {s:?}"))?,
+            None => 3,
+        };
+        let mut statuses = spec::status_set(&a.list(usize::MAX, "statuses"))?;
+        let series = a.list(usize::MAX, "series");
+        let series_set = if series.is_empty() && statuses.is_empty() {
+            StatusSet::range(500, 599)
+        } else {
+            spec::status_set(&series)?
+        };
+        for code in 100..=999u16 {
+            if series_set.contains(code) {
+                statuses.insert(code);
+            }
+        }
+        let methods = match a.list(usize::MAX, "methods") {
+            m if m.is_empty() => vec![Method::GET],
+            m => m
+                .iter()
+                .map(|s| spec::method(s))
+                .collect::<Result<_, _>>()?,
+        };
+        let exceptions = a.list(usize::MAX, "exceptions");
+        let on_errors = exceptions.is_empty()
+            || exceptions
+                .iter()
+                .any(|e| e.contains("IOException") || e.contains("Timeout"));
+        let (first_backoff, max_backoff, factor) = match a.get(usize::MAX, "backoff") {
+            Some(b) if b.is_object() => {
+                let d = |k: &str| -> Result<Option<Duration>, String> {
+                    crate::config::tree::lookup(b, k)
+                        .filter(|v| !v.is_null())
+                        .map(spec::duration)
+                        .transpose()
+                        .map_err(|e| format!("`backoff.{k}`: {e}"))
+                };
+                let first = d("first_backoff")?.unwrap_or(Duration::from_millis(5));
+                let max = d("max_backoff")?.unwrap_or(first * 10).max(first);
+                let factor = crate::config::tree::lookup(b, "factor")
+                    .filter(|v| !v.is_null())
+                    .map(spec::integer)
+                    .transpose()
+                    .map_err(|e| format!("`backoff.factor`: {e}"))?
+                    .unwrap_or(2);
+                (
+                    Some(first),
+                    max,
+                    u32::try_from(factor).unwrap_or(u32::MAX).max(1),
+                )
+            }
+            _ => (None, Duration::ZERO, 1),
+        };
+        Ok(Self {
+            retries,
+            statuses,
+            methods,
+            on_errors,
+            first_backoff,
+            max_backoff,
+            factor,
+        })
+    }
+
+    /// The wait before retry number `n` (1-based).
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
+        match self.first_backoff {
+            None => Duration::ZERO,
+            Some(first) => {
+                let mult = self.factor.saturating_pow(n.saturating_sub(1).min(16));
+                first.saturating_mul(mult).min(self.max_backoff)
+            }
+        }
+    }
+
+    /// Whether requests with `method` are retried.
+    pub(crate) fn allows(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
+}
+
+/// Spring's CircuitBreaker filter.
+#[derive(Debug, Clone)]
+pub(crate) struct BreakerPolicy {
+    /// The breaker (shared by every route naming it; survives reloads).
+    pub(crate) breaker: CircuitBreaker,
+    /// Where to go when the breaker is open or the call fails: `forward:/path`.
+    pub(crate) fallback: Option<String>,
+    /// Upstream statuses that count as failures (and go to the fallback). Default: 5xx.
+    pub(crate) failure_statuses: StatusSet,
+    /// The breaker's time limit (resilience4j's `timelimiter`), if configured.
+    pub(crate) time_limit: Option<Duration>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) id: Arc<str>,
+    pub(crate) order: i32,
+    pub(crate) target: Target,
+    pub(crate) predicates: Vec<Predicate>,
+    /// Request filters, in order.
+    pub(crate) request_filters: Vec<Filter>,
+    /// Response filters, in the file's order (so `AddResponseHeader` then
+    /// `DedupeResponseHeader` dedupes what was added).
+    pub(crate) response_filters: Vec<Filter>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) breaker: Option<BreakerPolicy>,
+    /// Per-route connect timeout (`metadata.connect-timeout`).
+    pub(crate) connect_timeout: Option<Duration>,
+    /// Per-route time to the response head (`metadata.response-timeout`); a negative value
+    /// in the file disables the global one.
+    pub(crate) response_timeout: Option<Duration>,
+    /// The definition as written, for the actuator.
+    pub(crate) def: RouteDef,
+}
+
+/// Breakers by name, kept across route table reloads.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Breakers(Arc<Mutex<HashMap<String, CircuitBreaker>>>);
+
+impl Breakers {
+    fn get(&self, name: &str, config: &GatewayConfig) -> Result<CircuitBreaker, String> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted = config.breakers.config(name);
+        if let Some(b) = m.get(name)
+            && *b.config() == wanted
+        {
+            return Ok(b.clone());
+        }
+        let b = CircuitBreaker::new(format!("gateway:{name}"), wanted)
+            .map_err(|e| format!("circuit breaker {name:?}: {e}"))?;
+        m.insert(name.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    /// Every breaker, by name.
+    pub(crate) fn all(&self) -> Vec<(String, CircuitBreaker)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, b)| (k.clone(), b.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// The compiled, ordered routes.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    pub(crate) routes: Vec<Arc<Route>>,
+    groups: WeightGroups,
+}
+
+/// A matched route and what its predicates captured.
+#[derive(Debug)]
+pub(crate) struct Matched {
+    pub(crate) route: Arc<Route>,
+    pub(crate) vars: Captures,
+}
+
+impl RouteTable {
+    /// Compiles `config`'s routes. Errors name the file, the route and the field.
+    pub(crate) fn build(config: &GatewayConfig, breakers: &Breakers) -> Result<Self, LoadError> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for def in &config.routes {
+            let route = compile(def, config, breakers)
+                .map_err(|p| p.into_load_error(config.file.as_deref()))?;
+            routes.push(Arc::new(route));
+        }
+        Ok(Self::from_routes(routes))
+    }
+
+    pub(crate) fn from_routes(mut routes: Vec<Arc<Route>>) -> Self {
+        // Stable: equal orders keep file order.
+        routes.sort_by_key(|r| r.order);
+        let mut groups = WeightGroups::new();
+        for r in &routes {
+            for p in &r.predicates {
+                if let Predicate::Weight(g, w) = p {
+                    groups
+                        .entry(g.clone())
+                        .or_default()
+                        .push((r.id.clone(), *w));
+                }
+            }
+        }
+        Self { routes, groups }
+    }
+
+    /// The first route whose predicates all hold.
+    pub(crate) fn find(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+        client: IpAddr,
+        preflight: bool,
+    ) -> Option<Matched> {
+        let view = RequestView {
+            method,
+            path,
+            query,
+            headers,
+            client,
+        };
+        let mut draws = Draws::default();
+        let mut vars = Captures::new();
+        for route in &self.routes {
+            vars.clear();
+            if route.predicates.iter().all(|p| {
+                (preflight && p.is_method())
+                    || p.test(&view, &mut vars, &route.id, &self.groups, &mut draws)
+            }) {
+                return Some(Matched {
+                    route: route.clone(),
+                    vars,
+                });
+            }
+        }
+        None
+    }
+
+    /// Services named by `lb://` routes.
+    pub(crate) fn lb_services(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .routes
+            .iter()
+            .filter_map(|r| match &r.target {
+                Target::Lb { service } => Some(service.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+use crate::config::Problem;
+
+fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Result<Route, Problem> {
+    let at = |field: String, msg: String| Problem::at(field, msg).in_route(&def.id);
+    let uri = def
+        .uri
+        .as_deref()
+        .ok_or_else(|| at("uri".into(), "missing".into()))?;
+    let target = Target::parse(uri).map_err(|e| at("uri".into(), e))?;
+    if matches!(target, Target::Lb { .. }) && config.discovery.is_none() {
+        return Err(at(
+            "uri".into(),
+            format!(
+                "{uri:?} needs discovery: set `gateway.discovery.registry` (Keel registry or Eureka URL) or `gateway.discovery.services`"
+            ),
+        ));
+    }
+    let mut predicates = Vec::with_capacity(def.predicates.len());
+    for (i, p) in def.predicates.iter().enumerate() {
+        predicates.push(Predicate::build(p).map_err(|e| at(format!("predicates[{i}]"), e))?);
+    }
+    let mut request_filters = Vec::new();
+    let mut response_filters = Vec::new();
+    let mut retry = None;
+    let mut breaker = None;
+    let all: Vec<(String, &Spec)> = config
+        .default_filters
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("default-filters[{i}]"), s))
+        .chain(
+            def.filters
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("filters[{i}]"), s)),
+        )
+        .collect();
+    for (field, s) in all {
+        let key = s.key();
+        match key.as_str() {
+            "retry" => retry = Some(RetryPolicy::build(&s.args).map_err(|e| at(field, e))?),
+            "circuit_breaker" | "spring_cloud_circuit_breaker" | "hystrix" => {
+                breaker = Some(breaker_policy(s, &def.id, config, breakers).map_err(|e| at(field, e))?);
+            }
+            _ => {
+                let f = match Filter::build_basic(s) {
+                    Some(r) => r.map_err(|e| at(field.clone(), e))?,
+                    None => {
+                        return Err(at(field, unknown_filter(&s.name)));
+                    }
+                };
+                match f.phase() {
+                    Phase::Response => response_filters.push(f),
+                    _ => request_filters.push(f),
+                }
+            }
+        }
+    }
+    let md = |k: &str| -> Result<Option<Duration>, Problem> {
+        let v = def
+            .metadata
+            .iter()
+            .find(|(name, _)| crate::config::tree::relax(name) == crate::config::tree::relax(k))
+            .map(|(_, v)| v);
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) if v.as_i64().is_some_and(|n| n < 0) => Ok(Some(Duration::MAX)),
+            Some(v) => spec::duration(v)
+                .map(Some)
+                .map_err(|e| at(format!("metadata.{k}"), e)),
+        }
+    };
+    let connect_timeout = md("connect-timeout")?;
+    let response_timeout = md("response-timeout")?;
+    Ok(Route {
+        id: Arc::from(def.id.as_str()),
+        order: def.order,
+        target,
+        predicates,
+        request_filters,
+        response_filters,
+        retry,
+        breaker,
+        connect_timeout,
+        response_timeout,
+        def: def.clone(),
+    })
+}
+
+fn unknown_filter(name: &str) -> String {
+    match crate::config::tree::relax(name).as_str() {
+        "request_rate_limiter" | "jwt" | "token_relay" | "save_session" | "modify_request_body"
+        | "modify_response_body" | "cache_request_body" | "local_response_cache"
+        | "json_to_grpc" | "fallback_headers" => {
+            format!("the {name} filter is not supported by this version of keel gateway")
+        }
+        _ => format!("unknown filter {name:?}"),
+    }
+}
+
+fn breaker_policy(
+    s: &Spec,
+    route: &str,
+    config: &GatewayConfig,
+    breakers: &Breakers,
+) -> Result<BreakerPolicy, String> {
+    let a = &s.args;
+    let name = a.string(0, "name")?.unwrap_or_else(|| route.to_owned());
+    let fallback = match a.string(1, "fallback_uri")? {
+        None => None,
+        Some(f) if f.starts_with("forward:/") => Some(f.trim_start_matches("forward:").to_owned()),
+        Some(f) => {
+            return Err(format!(
+                "`fallbackUri` must be `forward:/path`, got {f:?}"
+            ));
+        }
+    };
+    let codes = a.list(usize::MAX, "status_codes");
+    let failure_statuses = if codes.is_empty() {
+        StatusSet::range(500, 599)
+    } else {
+        spec::status_set(&codes)?
+    };
+    let breaker = breakers.get(&name, config)?;
+    Ok(BreakerPolicy {
+        breaker,
+        fallback,
+        failure_statuses,
+        time_limit: config.breakers.time_limit(&name),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("http://127.0.0.1:8081/ignored").unwrap(),
+            Target::Http {
+                https: false,
+                h2c: false,
+                authority: "127.0.0.1:8081".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            Target::parse("http://example.org").unwrap(),
+            Target::Http {
+                https: false,
+                h2c: false,
+                authority: "example.org:80".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            Target::parse("lb://Orders").unwrap(),
+            Target::Lb {
+                service: "orders".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("forward:/fallback").unwrap(),
+            Target::Forward("/fallback".into())
+        );
+        assert!(Target::parse("ftp://x").is_err());
+        assert!(Target::parse("nonsense").is_err());
+        assert!(Target::parse("lb://").is_err());
+    }
+
+    #[test]
+    fn retry_backoff() {
+        let p = RetryPolicy {
+            retries: 3,
+            statuses: StatusSet::range(500, 599),
+            methods: vec![Method::GET],
+            on_errors: true,
+            first_backoff: Some(Duration::from_millis(10)),
+            max_backoff: Duration::from_millis(50),
+            factor: 2,
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(10));
+        assert_eq!(p.backoff(2), Duration::from_millis(20));
+        assert_eq!(p.backoff(4), Duration::from_millis(50));
+    }
+
+    fn table(yaml: &str) -> Result<RouteTable, LoadError> {
+        let c = GatewayConfig::parse(yaml, Some(std::path::Path::new("r.yaml")), &[])?;
+        RouteTable::build(&c, &Breakers::default())
+    }
+
+    #[test]
+    fn order_then_file_order() {
+        let t = table(
+            "gateway:\n  routes:\n    - {id: a, uri: 'http://x', order: 5, predicates: ['Path=/**']}\n    - {id: b, uri: 'http://x', predicates: ['Path=/a/**']}\n    - {id: c, uri: 'http://x', predicates: ['Path=/a/**']}\n",
+        )
+        .unwrap();
+        let h = http::HeaderMap::new();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let m = t.find(&Method::GET, "/a/1", None, &h, ip, false).unwrap();
+        assert_eq!(&*m.route.id, "b");
+        let m = t.find(&Method::GET, "/z", None, &h, ip, false).unwrap();
+        assert_eq!(&*m.route.id, "a");
+    }
+
+    #[test]
+    fn errors_name_route_and_filter() {
+        let e = table("gateway:\n  routes:\n    - {id: a, uri: 'http://x', filters: ['Nope=1']}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.yaml") && e.contains("\"a\"") && e.contains("filters[0]") && e.contains("Nope"), "{e}");
+        let e = table("gateway:\n  routes:\n    - {id: a, uri: 'lb://orders'}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("discovery"), "{e}");
+        let e = table("gateway:\n  routes:\n    - {id: a, uri: 'http://x', predicates: ['Path=/{a']}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("predicates[0]"), "{e}");
+    }
+}

@@ -1,0 +1,458 @@
+//! The listener: accepts HTTP/1.1 and h2c connections, hands each request to the proxy (or,
+//! for `/actuator/*`, `/health*` and `/metrics`, to the admin router), records metrics and the
+//! access log, reloads the route file, and drains on SIGTERM.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use keel_chassis::{
+    Health, Phase,
+    axum::{
+        self, Json, Router,
+        extract::{Path, State},
+        response::IntoResponse,
+        routing::{get, post},
+    },
+};
+use keel_discovery::{Balancer, BalancerConfig, Discovery};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    GatewayConfig,
+    body::Body,
+    client::Clients,
+    error::{Error, LoadError},
+    proxy::Proxy,
+    route::{Breakers, RouteTable},
+};
+
+/// How `keel gateway` was started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The route file (`--config`); none: no routes.
+    pub config: Option<PathBuf>,
+    /// `--listen`, overriding the file's port.
+    pub listen: Option<String>,
+    /// `--profile` (repeatable).
+    pub profiles: Vec<String>,
+}
+
+/// A running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    proxy: Arc<Proxy>,
+    breakers: Breakers,
+    file: Option<PathBuf>,
+    profiles: Vec<String>,
+    health: Health,
+    admin_token: Option<String>,
+    admin_on_main: bool,
+    admin: Router,
+    has_discovery: bool,
+    last_error: Mutex<Option<String>>,
+    _discovery: Option<Discovery>,
+}
+
+impl Gateway {
+    /// Builds a gateway from `config` (routes compiled, discovery started).
+    pub fn new(config: &GatewayConfig, profiles: Vec<String>) -> Result<Arc<Self>, Error> {
+        let breakers = Breakers::default();
+        let table = RouteTable::build(config, &breakers)?;
+        let discovery = config.discovery.clone().map(|d| {
+            Discovery::start(
+                d,
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(4)
+                    .build()
+                    .unwrap_or_default(),
+            )
+        });
+        let balancer = discovery.as_ref().and_then(|d| {
+            Balancer::new(d.catalog().clone(), BalancerConfig::default()).ok()
+        });
+        let proxy = Arc::new(Proxy {
+            table: ArcSwap::from_pointee(table),
+            clients: Clients::new(config.http_client.clone()),
+            balancer,
+            forwarded: config.forwarded.clone(),
+            response_timeout: config.http_client.response_timeout,
+            max_body: config.server.max_body_bytes,
+            access_log: config.access_log,
+        });
+        let health = Health::new();
+        Ok(Arc::new_cyclic(|weak: &std::sync::Weak<Gateway>| Gateway {
+            admin: admin_router(weak.clone(), health.clone(), config.admin.token.clone()),
+            proxy,
+            breakers,
+            file: config.file.clone(),
+            profiles,
+            health,
+            admin_token: config.admin.token.clone(),
+            admin_on_main: config.admin.listen.is_none(),
+            has_discovery: discovery.is_some(),
+            last_error: Mutex::new(None),
+            _discovery: discovery,
+        }))
+    }
+
+    /// The health registry (readiness is UP while serving).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Reloads the route file. On error the current routes stay in service.
+    pub fn reload(&self) -> Result<usize, LoadError> {
+        let Some(file) = &self.file else {
+            return Ok(self.proxy.table.load().routes.len());
+        };
+        let result = GatewayConfig::load(file, &self.profiles).and_then(|c| {
+            if c.discovery.is_some() && !self.has_discovery {
+                tracing::warn!("discovery settings changed; restart the gateway to apply them");
+            }
+            RouteTable::build(&c, &self.breakers)
+        });
+        match result {
+            Ok(table) => {
+                let n = table.routes.len();
+                self.proxy.table.store(Arc::new(table));
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(routes = n, file = %file.display(), "routes reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "route file rejected; keeping the previous routes");
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Serves one connection's request.
+    async fn serve_request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        secure: bool,
+    ) -> Response<Body> {
+        let path = req.uri().path();
+        if self.admin_on_main && is_admin_path(path) {
+            return admin_call(self.admin.clone(), req).await;
+        }
+        let start = tokio::time::Instant::now();
+        let method = req.method().clone();
+        let path = self.proxy.access_log.then(|| req.uri().path().to_owned());
+        let out = self.proxy.handle(req, client, secure).await;
+        let status = out.response.status();
+        let route = out.route.as_deref().unwrap_or("unmatched").to_owned();
+        let elapsed = start.elapsed();
+        metrics::counter!(
+            "keel_gateway_requests_total",
+            "route" => route.clone(),
+            "method" => method.as_str().to_owned(),
+            "status" => status.as_str().to_owned()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "keel_gateway_request_duration_seconds",
+            "route" => route.clone(),
+            "method" => method.as_str().to_owned()
+        )
+        .record(elapsed.as_secs_f64());
+        if let Some(path) = path {
+            tracing::info!(
+                target: "keel_gateway::access",
+                client = %client.ip(),
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                route = %route,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+        out.response
+    }
+}
+
+fn is_admin_path(path: &str) -> bool {
+    path.starts_with("/actuator/")
+        || matches!(path, "/health" | "/health/live" | "/health/ready" | "/metrics")
+}
+
+async fn admin_call(router: Router, req: Request<Incoming>) -> Response<Body> {
+    use tower::ServiceExt;
+    let req = req.map(axum::body::Body::new);
+    let res = match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    };
+    let (parts, body) = res.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Response::from_parts(parts, Body::full(bytes))
+}
+
+type Weak = std::sync::Weak<Gateway>;
+
+fn admin_router(gw: Weak, health: Health, token: Option<String>) -> Router {
+    let gateway = Router::new()
+        .route("/actuator/gateway/routes", get(routes))
+        .route("/actuator/gateway/routes/{id}", get(route_by_id))
+        .route("/actuator/gateway/refresh", post(refresh))
+        .route("/actuator/gateway/circuitbreakers", get(circuit_breakers))
+        .route_layer(axum::middleware::from_fn_with_state(
+            token.clone().map(Arc::<str>::from),
+            require_admin,
+        ))
+        .with_state(gw);
+    keel_chassis::server::with_builtin_routes(gateway, health, token)
+}
+
+async fn require_admin(
+    State(token): State<Option<Arc<str>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Err(res) = keel_chassis::server::check_admin_token(req.headers(), token.as_deref()) {
+        return res;
+    }
+    next.run(req).await
+}
+
+fn route_json(r: &crate::route::Route) -> Value {
+    json!({
+        "route_id": &*r.id,
+        "uri": r.def.uri,
+        "order": r.order,
+        "predicates": r.def.predicates.iter().map(|p| p.display()).collect::<Vec<_>>(),
+        "filters": r.def.filters.iter().map(|f| f.display()).collect::<Vec<_>>(),
+        "metadata": r.def.metadata,
+    })
+}
+
+fn gone() -> axum::response::Response {
+    keel_chassis::Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+        .with_detail("the gateway is stopping")
+        .into_response()
+}
+
+async fn routes(State(gw): State<Weak>) -> axum::response::Response {
+    let Some(gw) = gw.upgrade() else { return gone() };
+    let table = gw.proxy.table.load();
+    Json(table.routes.iter().map(|r| route_json(r)).collect::<Vec<_>>()).into_response()
+}
+
+async fn route_by_id(State(gw): State<Weak>, Path(id): Path<String>) -> axum::response::Response {
+    let Some(gw) = gw.upgrade() else { return gone() };
+    let table = gw.proxy.table.load();
+    match table.routes.iter().find(|r| *r.id == *id) {
+        Some(r) => Json(route_json(r)).into_response(),
+        None => keel_chassis::Problem::new(StatusCode::NOT_FOUND)
+            .with_detail(format!("no route with id {id:?}"))
+            .into_response(),
+    }
+}
+
+async fn refresh(State(gw): State<Weak>) -> axum::response::Response {
+    let Some(gw) = gw.upgrade() else { return gone() };
+    match gw.reload() {
+        Ok(n) => Json(json!({ "routes": n })).into_response(),
+        Err(e) => keel_chassis::Problem::new(StatusCode::BAD_REQUEST)
+            .with_title("Route file rejected")
+            .with_detail(format!("{e}; the previous routes stay in service"))
+            .with_extension("route", e.route().unwrap_or_default())
+            .into_response(),
+    }
+}
+
+async fn circuit_breakers(State(gw): State<Weak>) -> axum::response::Response {
+    let Some(gw) = gw.upgrade() else { return gone() };
+    let list: Vec<Value> = gw
+        .breakers
+        .all()
+        .into_iter()
+        .map(|(name, b)| {
+            json!({ "name": name, "state": format!("{:?}", b.state()), "snapshot": format!("{:?}", b.snapshot()) })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// Watches the route file's modification time and reloads when it changes.
+async fn watch_file(gw: Arc<Gateway>, interval: Duration, stop: CancellationToken) {
+    let Some(file) = gw.file.clone() else { return };
+    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = mtime(&file);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = mtime(&file);
+        if now.is_some() && now != last {
+            last = now;
+            let _ = gw.reload();
+        }
+    }
+}
+
+/// Runs `keel gateway` until SIGTERM/SIGINT.
+pub async fn run(options: Options) -> Result<(), Error> {
+    let mut config = match &options.config {
+        Some(path) => GatewayConfig::load(path, &options.profiles)?,
+        None => GatewayConfig::default(),
+    };
+    if let Some(l) = &options.listen {
+        config.server.listen =
+            crate::config::listen_address(l).map_err(|message| Error::Args {
+                flag: "--listen",
+                message,
+            })?;
+    }
+    let _telemetry = keel_chassis::telemetry::init(
+        "gateway",
+        &keel_chassis::TelemetryConfig {
+            otlp_endpoint: config.otlp_endpoint.clone(),
+        },
+    );
+    let _ = keel_chassis::telemetry::prometheus();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            keel_chassis::wait_for_signal().await;
+            stop.cancel();
+        });
+    }
+    serve(config, options.profiles, stop).await
+}
+
+/// Serves `config` until `stop` is cancelled, then drains.
+pub async fn serve(
+    config: GatewayConfig,
+    profiles: Vec<String>,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    serve_on(listener, config, profiles, stop).await
+}
+
+/// Serves `config` on an already bound listener until `stop` is cancelled.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: GatewayConfig,
+    profiles: Vec<String>,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    if config.server.tls.is_some() {
+        return Err(Error::Tls(
+            "TLS termination is not supported by this version of keel gateway; terminate TLS in front of it".into(),
+        ));
+    }
+    let gw = Gateway::new(&config, profiles)?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    if config.reload.watch && config.file.is_some() {
+        tokio::spawn(watch_file(gw.clone(), config.reload.interval, stop.clone()));
+    }
+    let admin_task = match config.admin.listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|source| Error::Bind { addr: a, source })?;
+            let router = gw.admin.clone();
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(l, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            }))
+        }
+        None => None,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .max_headers(config.server.max_headers)
+        .max_buf_size(config.server.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new());
+    if !config.server.http2 {
+        builder = builder.http1_only();
+    }
+    let builder = Arc::new(builder);
+    gw.health.set_phase(Phase::Ready);
+    tracing::info!(
+        %addr,
+        routes = gw.proxy.table.load().routes.len(),
+        "keel gateway listening"
+    );
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.serve_request(req, client, false).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    gw.health.set_phase(Phase::Draining);
+    drop(listener);
+    tokio::time::sleep(config.server.drain_delay).await;
+    if tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("keel gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! The gateway driven over real sockets against real upstream servers: routing, filters,
+//! forwarding headers, errors as problem+json, streaming, lb://, retry, circuit breaker,
+//! WebSocket-style upgrades, the actuator and hot reload.
+
+mod support;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn routes_by_path_and_applies_request_filters() {
+    let up = upstream("orders").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: orders
+      uri: {url}
+      predicates: ["Path=/api/orders/{{id}}", "Method=GET,POST"]
+      filters:
+        - StripPrefix=1
+        - AddRequestHeader=X-Order, {{id}}
+        - AddRequestParameter=source, gw
+        - RemoveRequestHeader=X-Secret
+        - AddResponseHeader=X-Gw, keel
+    - id: set-path
+      uri: {url}
+      predicates: ["Path=/v1/{{segment}}"]
+      filters: ["SetPath=/internal/{{segment}}", "PrefixPath=/svc"]
+    - id: rewrite
+      uri: {url}
+      predicates: ["Path=/red/**"]
+      filters: ["RewritePath=/red/?(?<segment>.*), /$\\{{segment}}"]
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let res = c
+        .get(gw.url("/api/orders/42?x=1"))
+        .header("x-secret", "s")
+        .header("host", "shop.example:8443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-gw"], "keel");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["path"], "/orders/42");
+    assert_eq!(body["query"], "x=1&source=gw");
+    let h = &body["headers"];
+    assert_eq!(h["x-order"], "42");
+    assert!(h.get("x-secret").is_none());
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example:8443");
+    assert_eq!(h["x-forwarded-port"], "8443");
+    assert_eq!(h["x-forwarded-prefix"], "/api");
+    assert!(h["forwarded"].as_str().unwrap().contains("for=127.0.0.1"));
+    assert_eq!(h["host"], up.addr.to_string());
+    assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
+
+    let body: Value = c.get(gw.url("/v1/abc")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["path"], "/svc/internal/abc");
+    let body: Value = c.get(gw.url("/red/blue/x")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["path"], "/blue/x");
+
+    // DELETE is not one of the route's methods.
+    let p = problem(c.delete(gw.url("/api/orders/42")).send().await.unwrap(), 404).await;
+    assert!(p["detail"].as_str().unwrap().contains("DELETE /api/orders/42"));
+}
+
+#[tokio::test]
+async fn predicates_select_routes() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let gw = gateway(&format!(
+        r#"
+spring:
+  cloud:
+    gateway:
+      routes:
+        - id: header
+          uri: {b}
+          predicates: ['Header=X-Version, 2\d*']
+        - id: query
+          uri: {b}
+          predicates: [Query=beta]
+        - id: cookie
+          uri: {b}
+          predicates: ['Cookie=tier, gold']
+        - id: host
+          uri: {b}
+          predicates: ['Host=**.beta.example']
+        - id: default
+          uri: {a}
+          predicates: ['Path=/**']
+"#,
+        a = a.url(),
+        b = b.url()
+    ))
+    .await;
+    let c = client();
+    let who = |r: reqwest::RequestBuilder| async move {
+        let v: Value = r.send().await.unwrap().json().await.unwrap();
+        v["upstream"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(who(c.get(gw.url("/x"))).await, "a");
+    assert_eq!(who(c.get(gw.url("/x")).header("x-version", "21")).await, "b");
+    assert_eq!(who(c.get(gw.url("/x")).header("x-version", "3")).await, "a");
+    assert_eq!(who(c.get(gw.url("/x?beta"))).await, "b");
+    assert_eq!(who(c.get(gw.url("/x")).header("cookie", "a=1; tier=gold")).await, "b");
+    assert_eq!(who(c.get(gw.url("/x")).header("host", "api.beta.example")).await, "b");
+}
+
+#[tokio::test]
+async fn response_filters_status_redirect_and_size_limits() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: teapot
+      uri: {url}
+      predicates: [Path=/tea]
+      filters: [SetStatus=418, SecureHeaders, "SetResponseHeader=Server, keel"]
+    - id: moved
+      uri: no://op
+      predicates: [Path=/old/**]
+      filters: ["RedirectTo=302, https://new.example/"]
+    - id: small
+      uri: {url}
+      predicates: [Path=/count]
+      filters: [RequestSize=1KB]
+    - id: dedupe
+      uri: {url}
+      predicates: [Path=/dedupe]
+      filters: ["AddResponseHeader=X-Dup, a", "AddResponseHeader=X-Dup, a", "DedupeResponseHeader=X-Dup"]
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let res = c.get(gw.url("/tea")).send().await.unwrap();
+    assert_eq!(res.status(), 418);
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert_eq!(res.headers()["server"], "keel");
+    let res = c.get(gw.url("/old/page")).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://new.example/");
+    let p = problem(
+        c.post(gw.url("/count")).body(vec![0u8; 4096]).send().await.unwrap(),
+        413,
+    )
+    .await;
+    assert_eq!(p["route"], "small");
+    let res = c.post(gw.url("/count")).body(vec![0u8; 100]).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = c.get(gw.url("/dedupe")).send().await.unwrap();
+    let dups: Vec<_> = res.headers().get_all("x-dup").iter().collect();
+    assert_eq!(dups.len(), 1);
+}
+
+#[tokio::test]
+async fn upstream_failures_are_problems_naming_the_route() {
+    let up = upstream("u").await;
+    let dead = upstream("dead").await;
+    let dead_url = dead.url();
+    dead.kill();
+    drop(dead);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: down
+      uri: {dead_url}
+      predicates: [Path=/down/**]
+    - id: slow
+      uri: {url}
+      predicates: [Path=/slow/**]
+      metadata: {{ response-timeout: 200 }}
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let p = problem(c.get(gw.url("/down/x")).send().await.unwrap(), 502).await;
+    assert_eq!(p["route"], "down");
+    assert!(p["type"].as_str().unwrap().ends_with("upstream-unreachable"));
+    let p = problem(c.get(gw.url("/slow/2000")).send().await.unwrap(), 504).await;
+    assert_eq!(p["route"], "slow");
+    let res = c.get(gw.url("/slow/10")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let p = problem(c.get(gw.url("/nowhere")).send().await.unwrap(), 404).await;
+    assert!(p["type"].as_str().unwrap().ends_with("no-route"));
+}
+
+#[tokio::test]
+async fn streams_large_bodies_both_ways() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let n = 32 * 1024 * 1024;
+    let res = c.get(gw.url(&format!("/bytes/{n}"))).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let got = res.bytes().await.unwrap();
+    assert_eq!(got.len(), n);
+    // A chunked upload of 32 MiB streams through (no buffering, no limit by default).
+    let chunks = futures::stream::iter(
+        (0..512).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 64 * 1024]))),
+    );
+    let res = c
+        .post(gw.url("/count"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["received"], 512 * 64 * 1024);
+}
+
+#[tokio::test]
+async fn retry_filter_retries_idempotent_requests() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: flaky
+      uri: {url}
+      predicates: [Path=/flaky/**]
+      filters:
+        - name: Retry
+          args:
+            retries: 3
+            statuses: SERVICE_UNAVAILABLE
+            backoff: {{ firstBackoff: 10ms, maxBackoff: 50ms, factor: 2 }}
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let res = c.get(gw.url("/flaky/a/2")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["attempts"], 3);
+    // Too many failures: the last answer is passed on.
+    let res = c.get(gw.url("/flaky/b/10")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    // POST is not retried by default.
+    let res = c.post(gw.url("/flaky/c/1")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_falls_back_and_recovers() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: guarded
+      uri: {url}
+      predicates: [Path=/status/**]
+      filters:
+        - name: CircuitBreaker
+          args:
+            name: orders
+            fallbackUri: forward:/fallback
+            statusCodes: [500, BAD_GATEWAY]
+    - id: fallback
+      uri: no://op
+      predicates: [Path=/fallback]
+      filters: ["SetStatus=503", "AddResponseHeader=X-Fallback, yes"]
+resilience4j.circuitbreaker.instances.orders:
+  slidingWindowSize: 4
+  minimumNumberOfCalls: 4
+  failureRateThreshold: 50
+  waitDurationInOpenState: 300ms
+  permittedNumberOfCallsInHalfOpenState: 1
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        let res = c.get(gw.url("/status/500")).send().await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["x-fallback"], "yes");
+    }
+    let before = up.hits.load(Ordering::Relaxed);
+    // Open: the upstream is not called, even for a path that would succeed.
+    let res = c.get(gw.url("/status/200")).send().await.unwrap();
+    assert_eq!(res.headers()["x-fallback"], "yes");
+    assert_eq!(up.hits.load(Ordering::Relaxed), before);
+    let routes: Value = c
+        .get(gw.url("/actuator/gateway/circuitbreakers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes[0]["name"], "orders");
+    assert_eq!(routes[0]["state"], "Open");
+    // After the wait, a trial call goes through and closes it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let res = c.get(gw.url("/status/200")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = c.get(gw.url("/status/201")).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+#[tokio::test]
+async fn lb_routes_balance_and_survive_a_killed_instance() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  discovery:
+    services:
+      orders: ["{a}", "{b}"]
+  routes:
+    - id: orders
+      uri: lb://orders
+      predicates: [Path=/orders/**]
+"#,
+        a = a.url(),
+        b = b.url()
+    ))
+    .await;
+    let c = client();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        let res = c.get(gw.url("/orders/1")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..20 {
+        let res = c.get(gw.url("/orders/1")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "request {i} after the kill");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["upstream"], "a");
+    }
+    // A POST with a body also fails over (the body is buffered so it can be resent).
+    let res = c.post(gw.url("/orders/2")).body("{}").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn lb_route_without_instances_is_503() {
+    let gw = gateway(
+        "gateway:\n  discovery:\n    services:\n      other: ['http://127.0.0.1:1']\n  routes:\n    - {id: x, uri: 'lb://missing', predicates: ['Path=/**']}\n",
+    )
+    .await;
+    let p = problem(client().get(gw.url("/a")).send().await.unwrap(), 503).await;
+    assert!(p["detail"].as_str().unwrap().contains("missing"));
+}
+
+/// An upstream that accepts `Upgrade: echo` and echoes bytes on the upgraded connection.
+async fn upgrade_upstream() -> std::net::SocketAddr {
+    use hyper::{Response, service::service_fn};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = hyper_util::rt::TokioIo::new(up);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upgrades_tunnel_both_ways() {
+    let up = upgrade_upstream().await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: ws, uri: 'ws://{up}', predicates: ['Path=/ws']}}\n"
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"hello through the gateway").await.unwrap();
+    let mut buf = vec![0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"hello through the gateway");
+}
+
+#[tokio::test]
+async fn actuator_lists_routes_and_reload_keeps_good_routes() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: one, uri: '{}', predicates: ['Path=/**']}}\n",
+        a.url()
+    ))
+    .await;
+    let c = client();
+    let routes: Value = c
+        .get(gw.url("/actuator/gateway/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes[0]["route_id"], "one");
+    assert_eq!(routes[0]["predicates"][0], "Path=/**");
+    let ready = c.get(gw.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // A broken file is rejected by refresh; the old routes keep serving.
+    std::fs::write(
+        &gw.file,
+        "gateway:\n  routes:\n    - {id: bad, uri: 'http://x', filters: ['Bogus=1']}\n",
+    )
+    .unwrap();
+    let p = problem(
+        c.post(gw.url("/actuator/gateway/refresh")).send().await.unwrap(),
+        400,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("Bogus"), "{p}");
+    assert_eq!(p["route"], "bad");
+    let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["upstream"], "a");
+
+    // A good file is picked up by the watcher without a refresh call.
+    std::fs::write(
+        &gw.file,
+        format!(
+            "gateway:\n  routes:\n    - {{id: two, uri: '{}', predicates: ['Path=/**']}}\n",
+            b.url()
+        ),
+    )
+    .unwrap();
+    let mut switched = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
+        if v["upstream"] == "b" {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the watcher did not reload the file");
+}
+
+#[tokio::test]
+async fn drains_in_flight_requests_on_stop() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
+        up.url()
+    ))
+    .await;
+    let url = gw.url("/slow/500");
+    let inflight = tokio::spawn(async move { client().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.stop().await;
+    let res = inflight.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+}
