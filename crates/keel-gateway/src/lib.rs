@@ -4,7 +4,9 @@
 
 pub mod body;
 mod client;
+mod compose;
 pub mod config;
+mod cors;
 pub mod error;
 mod exchange;
 mod filter;

@@ -29,6 +29,7 @@ use crate::{
     body::Body,
     client::Clients,
     config::ForwardedSettings,
+    cors,
     exchange::Exchange,
     problem::{GatewayProblem, types},
     route::{Route, RouteTable, Target},
@@ -55,7 +56,7 @@ pub(crate) struct Proxy {
 
 /// What went wrong calling an upstream.
 #[derive(Debug)]
-enum UpstreamError {
+pub(crate) enum UpstreamError {
     NoInstance(String),
     Connect(String),
     Timeout(Duration),
@@ -68,6 +69,18 @@ impl UpstreamError {
     /// Whether the request never reached an instance (safe to send elsewhere).
     fn not_sent(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// A one-line description.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            UpstreamError::NoInstance(s) => format!("no available instance of `{s}`"),
+            UpstreamError::Connect(e) => format!("cannot connect: {e}"),
+            UpstreamError::Timeout(d) => format!("timed out after {} ms", d.as_millis()),
+            UpstreamError::BodyTooLarge(l) => format!("body larger than {l} bytes"),
+            UpstreamError::Other(e) => e.clone(),
+            UpstreamError::CircuitOpen(n) => format!("circuit breaker `{n}` is open"),
+        }
     }
 
     fn cause(&self) -> &'static str {
@@ -264,14 +277,39 @@ impl Proxy {
                 return (res, None);
             }
             let table = self.table.load();
-            let Some(m) = table.find(
+            let cross_origin = depth == 0 && ex.headers.contains_key(header::ORIGIN);
+            let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
+            let found = table.find(
                 &ex.method,
                 &ex.path,
                 ex.query.as_deref(),
                 &ex.headers,
                 ex.client.ip(),
-                false,
-            ) else {
+                preflight,
+            );
+            let cors_config = if cross_origin {
+                found
+                    .as_ref()
+                    .and_then(|m| m.route.cors.clone())
+                    .or_else(|| table.cors.find(&ex.path).cloned())
+            } else {
+                None
+            };
+            let route_id = found.as_ref().map(|m| m.route.id.clone());
+            if let Some(c) = &cors_config {
+                if preflight {
+                    return (
+                        cors::preflight(c, &ex.headers, route_id.as_deref(), &ex.path),
+                        route_id,
+                    );
+                }
+                if let Err(res) = cors::check_actual(c, &ex.headers, route_id.as_deref(), &ex.path)
+                {
+                    return (*res, route_id);
+                }
+            }
+            let origin = ex.headers.get(header::ORIGIN).cloned();
+            let Some(m) = found else {
                 let res = GatewayProblem::new(
                     StatusCode::NOT_FOUND,
                     types::NO_ROUTE,
@@ -294,6 +332,7 @@ impl Proxy {
             }
             let mut res = match &route.target {
                 Target::NoOp => Response::new(Body::Empty),
+                Target::Compose(c) => self.compose(&route.id, c, &ex).await,
                 Target::Forward(path) => {
                     ex.path = path.clone();
                     self.dispatch(ex_clone(&ex), body, depth + 1, client_upgrade)
@@ -306,6 +345,9 @@ impl Proxy {
             };
             for f in &route.response_filters {
                 f.on_response(&ex, &mut res);
+            }
+            if let (Some(c), Some(origin)) = (&cors_config, &origin) {
+                cors::decorate(c, origin, &mut res);
             }
             (res, Some(id))
         })
@@ -476,7 +518,7 @@ impl Proxy {
         Ok(RequestBody::Stream(Some(body)))
     }
 
-    /// One call to one instance.
+    /// One call to one instance of the route's upstream.
     async fn attempt(
         &self,
         route: &Route,
@@ -484,7 +526,30 @@ impl Proxy {
         body: Body,
         avoid: &mut Vec<String>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let (authority, h2c, pick) = match &route.target {
+        let timeout = [
+            route.response_timeout.or(self.response_timeout),
+            route.breaker.as_ref().and_then(|b| b.time_limit),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| *d != Duration::MAX)
+        .min();
+        self.fetch(&route.target, route.connect_timeout, timeout, ex, body, avoid)
+            .await
+    }
+
+    /// One call to one instance of `target`, answered within `timeout` (and the request's
+    /// deadline).
+    pub(crate) async fn fetch(
+        &self,
+        target: &Target,
+        connect_timeout: Option<Duration>,
+        timeout: Option<Duration>,
+        ex: &Exchange,
+        body: Body,
+        avoid: &mut Vec<String>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (authority, h2c, pick) = match target {
             Target::Http { authority, h2c, .. } => (authority.to_string(), *h2c, None),
             Target::Lb { service } => {
                 let balancer = self
@@ -499,16 +564,11 @@ impl Proxy {
             _ => return Err(UpstreamError::Other("not an upstream route".into())),
         };
         let req = self.upstream_request(ex, &authority, body)?;
-        let timeout = [
-            route.response_timeout.or(self.response_timeout),
-            route.breaker.as_ref().and_then(|b| b.time_limit),
-            ex.deadline.map(|d| d.remaining()),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|d| *d != Duration::MAX)
-        .min();
-        let client = self.clients.get(route.connect_timeout, h2c);
+        let timeout = [timeout, ex.deadline.map(|d| d.remaining())]
+            .into_iter()
+            .flatten()
+            .min();
+        let client = self.clients.get(connect_timeout, h2c);
         let call = client.request(req);
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, call).await {
@@ -631,7 +691,7 @@ fn append_list(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// A copy of the exchange for an internal forward.
-fn ex_clone(ex: &Exchange) -> Exchange {
+pub(crate) fn ex_clone(ex: &Exchange) -> Exchange {
     Exchange {
         method: ex.method.clone(),
         version: ex.version,

@@ -14,7 +14,9 @@ use keel_resilience::{CircuitBreaker, classify::StatusSet};
 use serde_json::Value;
 
 use crate::{
+    compose::Composition,
     config::{GatewayConfig, RouteDef, Spec, spec},
+    cors::{CorsConfig, GlobalCors},
     error::LoadError,
     filter::{Filter, Phase},
     pattern::Captures,
@@ -22,12 +24,10 @@ use crate::{
 };
 
 /// Where a route sends requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Target {
     /// A fixed upstream: `http://host:port` (the route URI's path is not used, as in Spring).
     Http {
-        /// `http` or `https`.
-        https: bool,
         /// HTTP/2 with prior knowledge (`h2c://`).
         h2c: bool,
         /// `host:port`.
@@ -42,10 +42,12 @@ pub(crate) enum Target {
     Forward(String),
     /// `no://op`: answered by the gateway itself (filters set the response).
     NoOp,
+    /// API composition (`compose`).
+    Compose(Arc<Composition>),
 }
 
 impl Target {
-    fn parse(uri: &str) -> Result<Self, String> {
+    pub(crate) fn parse(uri: &str) -> Result<Self, String> {
         if let Some(path) = uri.strip_prefix("forward:") {
             if !path.starts_with('/') {
                 return Err(format!("`forward:` needs an absolute path, got {uri:?}"));
@@ -67,13 +69,12 @@ impl Target {
                 })
             }
             s @ ("http" | "https" | "ws" | "wss" | "h2c") => {
-                let https = matches!(s, "https" | "wss");
-                if https && !cfg!(feature = "tls") {
+                if matches!(s, "https" | "wss") {
                     return Err(format!(
-                        "{uri:?}: https upstreams need the gateway's `tls` feature"
+                        "{uri:?}: https:// upstreams are not supported by this version of keel gateway"
                     ));
                 }
-                let default_port = if https { 443 } else { 80 };
+                let default_port = 80;
                 let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| {
                     !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
                 }) {
@@ -88,7 +89,6 @@ impl Target {
                     return Err(format!("{uri:?} names no host"));
                 }
                 Ok(Target::Http {
-                    https,
                     h2c: s == "h2c",
                     authority,
                 })
@@ -237,6 +237,8 @@ pub(crate) struct Route {
     /// Per-route time to the response head (`metadata.response-timeout`); a negative value
     /// in the file disables the global one.
     pub(crate) response_timeout: Option<Duration>,
+    /// Route-level CORS (`metadata.cors`), which wins over the global configuration.
+    pub(crate) cors: Option<CorsConfig>,
     /// The definition as written, for the actuator.
     pub(crate) def: RouteDef,
 }
@@ -274,6 +276,8 @@ impl Breakers {
 pub(crate) struct RouteTable {
     pub(crate) routes: Vec<Arc<Route>>,
     groups: WeightGroups,
+    /// Global CORS by path pattern.
+    pub(crate) cors: GlobalCors,
 }
 
 /// A matched route and what its predicates captured.
@@ -292,10 +296,13 @@ impl RouteTable {
                 .map_err(|p| p.into_load_error(config.file.as_deref()))?;
             routes.push(Arc::new(route));
         }
-        Ok(Self::from_routes(routes))
+        let cors = GlobalCors::build(&config.cors).map_err(|(field, message)| {
+            Problem::at(field, message).into_load_error(config.file.as_deref())
+        })?;
+        Ok(Self::from_routes(routes, cors))
     }
 
-    pub(crate) fn from_routes(mut routes: Vec<Arc<Route>>) -> Self {
+    pub(crate) fn from_routes(mut routes: Vec<Arc<Route>>, cors: GlobalCors) -> Self {
         // Stable: equal orders keep file order.
         routes.sort_by_key(|r| r.order);
         let mut groups = WeightGroups::new();
@@ -309,7 +316,11 @@ impl RouteTable {
                 }
             }
         }
-        Self { routes, groups }
+        Self {
+            routes,
+            groups,
+            cors,
+        }
     }
 
     /// The first route whose predicates all hold.
@@ -366,11 +377,14 @@ use crate::config::Problem;
 
 fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Result<Route, Problem> {
     let at = |field: String, msg: String| Problem::at(field, msg).in_route(&def.id);
-    let uri = def
-        .uri
-        .as_deref()
-        .ok_or_else(|| at("uri".into(), "missing".into()))?;
-    let target = Target::parse(uri).map_err(|e| at("uri".into(), e))?;
+    let target = match (&def.compose, def.uri.as_deref()) {
+        (Some(c), _) => Target::Compose(Arc::new(
+            Composition::build(c, config.discovery.is_some()).map_err(|(f, e)| at(f, e))?,
+        )),
+        (None, Some(uri)) => Target::parse(uri).map_err(|e| at("uri".into(), e))?,
+        (None, None) => return Err(at("uri".into(), "missing".into())),
+    };
+    let uri = def.uri.as_deref().unwrap_or_default();
     if matches!(target, Target::Lb { .. }) && config.discovery.is_none() {
         return Err(at(
             "uri".into(),
@@ -436,6 +450,13 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
     };
     let connect_timeout = md("connect-timeout")?;
     let response_timeout = md("response-timeout")?;
+    let cors = def
+        .metadata
+        .iter()
+        .find(|(k, _)| crate::config::tree::relax(k) == "cors")
+        .map(|(_, v)| CorsConfig::build(v))
+        .transpose()
+        .map_err(|e| at("metadata.cors".into(), e))?;
     Ok(Route {
         id: Arc::from(def.id.as_str()),
         order: def.order,
@@ -447,6 +468,7 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
         breaker,
         connect_timeout,
         response_timeout,
+        cors,
         def: def.clone(),
     })
 }
@@ -500,32 +522,17 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(
-            Target::parse("http://127.0.0.1:8081/ignored").unwrap(),
-            Target::Http {
-                https: false,
-                h2c: false,
-                authority: "127.0.0.1:8081".parse().unwrap()
-            }
-        );
-        assert_eq!(
-            Target::parse("http://example.org").unwrap(),
-            Target::Http {
-                https: false,
-                h2c: false,
-                authority: "example.org:80".parse().unwrap()
-            }
-        );
-        assert_eq!(
-            Target::parse("lb://Orders").unwrap(),
-            Target::Lb {
-                service: "orders".into()
-            }
-        );
-        assert_eq!(
-            Target::parse("forward:/fallback").unwrap(),
-            Target::Forward("/fallback".into())
-        );
+        let authority = |uri: &str| match Target::parse(uri).unwrap() {
+            Target::Http { authority, .. } => authority.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(authority("http://127.0.0.1:8081/ignored"), "127.0.0.1:8081");
+        assert_eq!(authority("http://example.org"), "example.org:80");
+        assert_eq!(authority("http://[::1]"), "[::1]:80");
+        assert!(matches!(Target::parse("h2c://a:1").unwrap(), Target::Http { h2c: true, .. }));
+        assert!(matches!(Target::parse("lb://Orders").unwrap(), Target::Lb { service } if service == "orders"));
+        assert!(matches!(Target::parse("forward:/fallback").unwrap(), Target::Forward(p) if p == "/fallback"));
+        assert!(Target::parse("https://x").is_err());
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("nonsense").is_err());
         assert!(Target::parse("lb://").is_err());

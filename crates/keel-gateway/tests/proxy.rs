@@ -512,3 +512,135 @@ async fn drains_in_flight_requests_on_stop() {
     let res = inflight.await.unwrap().unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn cors_preflight_and_actual_requests() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+spring.cloud.gateway:
+  globalcors:
+    cors-configurations:
+      '[/**]':
+        allowedOrigins: "https://shop.example"
+        allowedMethods: [GET, POST]
+        allowedHeaders: [content-type]
+        exposedHeaders: [x-total]
+  routes:
+    - id: api
+      uri: {url}
+      predicates: [Path=/api/**, Method=GET]
+    - id: open
+      uri: {url}
+      predicates: [Path=/open/**]
+      metadata:
+        cors:
+          allowedOriginPatterns: "https://*.partner.example"
+          allowedMethods: "*"
+          allowedHeaders: "*"
+          allowCredentials: true
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let pre = |path: &str, origin: &str, method: &str| {
+        c.request(reqwest::Method::OPTIONS, gw.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let before = up.hits.load(Ordering::Relaxed);
+    // The route only takes GET, but a preflight ignores Method predicates.
+    let res = pre("/api/x", "https://shop.example", "POST").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(res.headers()["access-control-allow-methods"], "GET,POST");
+    assert_eq!(up.hits.load(Ordering::Relaxed), before, "preflights are answered at the edge");
+    problem(pre("/api/x", "https://evil.example", "GET").await.unwrap(), 403).await;
+    problem(pre("/api/x", "https://shop.example", "DELETE").await.unwrap(), 403).await;
+    // Per-route configuration wins.
+    let res = pre("/open/x", "https://a.partner.example", "DELETE").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-credentials"], "true");
+    // Actual requests get the headers, or 403 from a foreign origin.
+    let res = c
+        .get(gw.url("/api/x"))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(res.headers()["access-control-expose-headers"], "x-total");
+    problem(
+        c.get(gw.url("/api/x"))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    // Same-origin requests (no Origin header) are untouched.
+    let res = c.get(gw.url("/api/x")).send().await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn composition_merges_parts_and_marks_failures() {
+    let a = upstream("order").await;
+    let b = upstream("kitchen").await;
+    let dead = upstream("dead").await;
+    let dead_url = dead.url();
+    dead.kill();
+    drop(dead);
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  discovery:
+    services:
+      kitchen: ["{b}"]
+  routes:
+    - id: details
+      predicates: ["Path=/orders/{{id}}", Method=GET]
+      compose:
+        timeout: 1s
+        parts:
+          - {{ name: order, uri: "{a}/orders/{{id}}", merge: true, required: true }}
+          - {{ name: ticket, uri: "lb://kitchen/tickets/{{id}}" }}
+          - {{ name: payment, uri: "{a}/status/500" }}
+          - {{ name: delivery, uri: "{a}/status/404" }}
+          - {{ name: slow, uri: "{a}/slow/3000", timeout: 200ms }}
+          - {{ name: down, uri: "{dead_url}/x" }}
+    - id: missing-order
+      predicates: ["Path=/missing/{{id}}"]
+      compose:
+        parts:
+          - {{ name: order, uri: "{a}/status/404", required: true }}
+"#,
+        a = a.url(),
+        b = b.url()
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client();
+    let t0 = std::time::Instant::now();
+    let res = c.get(gw.url("/orders/42")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(t0.elapsed() < Duration::from_millis(900), "parts run in parallel");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["path"], "/orders/42", "the order part is merged at the top: {v}");
+    assert_eq!(v["ticket"]["path"], "/tickets/42");
+    assert_eq!(v["ticket"]["upstream"], "kitchen");
+    assert!(v["payment"].is_null() && v["delivery"].is_null() && v["slow"].is_null());
+    let unavailable: Vec<&str> = v["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(unavailable, ["payment", "slow", "down"]);
+    problem(c.get(gw.url("/missing/1")).send().await.unwrap(), 404).await;
+}
