@@ -66,7 +66,12 @@ impl Composition {
         let parts_v = lookup(v, "parts")
             .and_then(Value::as_array)
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| ("compose.parts".to_owned(), "needs at least one part".to_owned()))?;
+            .ok_or_else(|| {
+                (
+                    "compose.parts".to_owned(),
+                    "needs at least one part".to_owned(),
+                )
+            })?;
         let mut parts = Vec::with_capacity(parts_v.len());
         for (i, p) in parts_v.iter().enumerate() {
             let at = |k: &str, e: String| (format!("compose.parts[{i}].{k}"), e);
@@ -131,7 +136,12 @@ enum PartResult {
 
 impl Proxy {
     /// Answers a composition route.
-    pub(crate) async fn compose(&self, route_id: &str, c: &Composition, ex: &Exchange) -> Response<Body> {
+    pub(crate) async fn compose(
+        &self,
+        route_id: &str,
+        c: &Composition,
+        ex: &Exchange,
+    ) -> Response<Body> {
         let overall = c.timeout;
         let calls = c.parts.iter().map(|p| async move {
             let limit = p.timeout.map_or(overall, |t| t.min(overall));
@@ -150,7 +160,14 @@ impl Proxy {
                 .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
             px.trace = ex.trace.child();
             let r = self
-                .fetch(&p.target, None, Some(limit), &px, Body::Empty, &mut Vec::new())
+                .fetch(
+                    &p.target,
+                    None,
+                    Some(limit),
+                    &px,
+                    Body::Empty,
+                    &mut Vec::new(),
+                )
                 .await;
             let out = match r {
                 Err(e) => PartResult::Failed(e.detail()),
@@ -241,10 +258,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert!(c.parts[0].merge && !c.parts[0].required);
-        let e = Composition::build(&json!({"parts": [{"name": "a", "uri": "lb://x/y"}]}), false).unwrap_err();
+        let e = Composition::build(&json!({"parts": [{"name": "a", "uri": "lb://x/y"}]}), false)
+            .unwrap_err();
         assert_eq!(e.0, "compose.parts[0].uri");
         let e = Composition::build(&json!({"parts": []}), true).unwrap_err();
         assert_eq!(e.0, "compose.parts");
-        assert_eq!(split_uri("lb://order/orders/{id}").unwrap(), ("lb://order".into(), "/orders/{id}".into()));
+        assert_eq!(
+            split_uri("lb://order/orders/{id}").unwrap(),
+            ("lb://order".into(), "/orders/{id}".into())
+        );
     }
 }

@@ -71,7 +71,9 @@ impl CorsConfig {
         let h = list(v, "allowed_headers");
         let credentials = match lookup(v, "allow_credentials").filter(|x| !x.is_null()) {
             None => false,
-            Some(x) => crate::config::spec::boolean(x).map_err(|e| format!("allowCredentials: {e}"))?,
+            Some(x) => {
+                crate::config::spec::boolean(x).map_err(|e| format!("allowCredentials: {e}"))?
+            }
         };
         if credentials && any_origin {
             return Err(
@@ -103,7 +105,7 @@ impl CorsConfig {
     fn origin_allowed(&self, origin: &str) -> bool {
         let o = origin.to_ascii_lowercase();
         self.any_origin
-            || self.origins.iter().any(|x| *x == o)
+            || self.origins.contains(&o)
             || self.origin_patterns.iter().any(|re| re.is_match(&o))
     }
 
@@ -156,7 +158,8 @@ pub(crate) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 fn rejected(route: Option<&str>, path: &str, detail: String) -> Response<Body> {
-    let mut p = GatewayProblem::new(StatusCode::FORBIDDEN, types::CORS_REJECTED, detail).instance(path);
+    let mut p =
+        GatewayProblem::new(StatusCode::FORBIDDEN, types::CORS_REJECTED, detail).instance(path);
     if let Some(r) = route {
         p = p.route(r);
     }
@@ -170,7 +173,10 @@ pub(crate) fn preflight(
     route: Option<&str>,
     path: &str,
 ) -> Response<Body> {
-    let origin = headers.get(header::ORIGIN).cloned().unwrap_or(HeaderValue::from_static(""));
+    let origin = headers
+        .get(header::ORIGIN)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
     let o = origin.to_str().unwrap_or_default();
     if !c.origin_allowed(o) {
         return rejected(route, path, format!("origin {o:?} is not allowed"));
@@ -179,7 +185,11 @@ pub(crate) fn preflight(
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
     let Some(method) = method.filter(|m| c.method_allowed(m)) else {
-        return rejected(route, path, "the requested method is not allowed".to_owned());
+        return rejected(
+            route,
+            path,
+            "the requested method is not allowed".to_owned(),
+        );
     };
     let requested: Vec<String> = headers
         .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
@@ -193,11 +203,18 @@ pub(crate) fn preflight(
         .iter()
         .find(|h| !(c.any_header || c.headers.contains(h)))
     {
-        return rejected(route, path, format!("the request header {bad:?} is not allowed"));
+        return rejected(
+            route,
+            path,
+            format!("the request header {bad:?} is not allowed"),
+        );
     }
     let mut res = Response::new(Body::Empty);
     let h = res.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, c.allow_origin_value(&origin));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        c.allow_origin_value(&origin),
+    );
     let methods = if c.any_method {
         method.to_string()
     } else {
@@ -249,7 +266,11 @@ pub(crate) fn check_actual(
     if c.origin_allowed(o) {
         Ok(())
     } else {
-        Err(Box::new(rejected(route, path, format!("origin {o:?} is not allowed"))))
+        Err(Box::new(rejected(
+            route,
+            path,
+            format!("origin {o:?} is not allowed"),
+        )))
     }
 }
 
@@ -257,7 +278,10 @@ pub(crate) fn check_actual(
 pub(crate) fn decorate(c: &CorsConfig, origin: &HeaderValue, res: &mut Response<Body>) {
     let h = res.headers_mut();
     // The upstream's own CORS headers are replaced, so a browser never sees two.
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, c.allow_origin_value(origin));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        c.allow_origin_value(origin),
+    );
     if c.credentials {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -308,7 +332,10 @@ mod tests {
             "/x",
         );
         assert_eq!(ok.status(), 200);
-        assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example");
+        assert_eq!(
+            ok.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
         assert_eq!(ok.headers()["access-control-allow-methods"], "GET,PUT");
         assert_eq!(ok.headers()["access-control-max-age"], "600");
         for (origin, method, hdr) in [
@@ -316,22 +343,37 @@ mod tests {
             ("https://app.example", "DELETE", ""),
             ("https://app.example", "GET", "x-other"),
         ] {
-            let mut pairs = vec![("origin", origin), ("access-control-request-method", method)];
+            let mut pairs = vec![
+                ("origin", origin),
+                ("access-control-request-method", method),
+            ];
             if !hdr.is_empty() {
                 pairs.push(("access-control-request-headers", hdr));
             }
-            assert_eq!(preflight(&c, &hm(&pairs), None, "/x").status(), 403, "{origin} {method} {hdr}");
+            assert_eq!(
+                preflight(&c, &hm(&pairs), None, "/x").status(),
+                403,
+                "{origin} {method} {hdr}"
+            );
         }
     }
 
     #[test]
     fn patterns_wildcards_and_credentials() {
-        let c = CorsConfig::build(&json!({"allowedOriginPatterns": "https://*.example.org", "allowCredentials": true})).unwrap();
+        let c = CorsConfig::build(
+            &json!({"allowedOriginPatterns": "https://*.example.org", "allowCredentials": true}),
+        )
+        .unwrap();
         assert!(c.origin_allowed("https://a.example.org"));
         assert!(!c.origin_allowed("https://example.com"));
         assert!(c.method_allowed(&Method::POST) && !c.method_allowed(&Method::DELETE));
-        assert!(CorsConfig::build(&json!({"allowedOrigins": "*", "allowCredentials": true})).is_err());
+        assert!(
+            CorsConfig::build(&json!({"allowedOrigins": "*", "allowCredentials": true})).is_err()
+        );
         let any = CorsConfig::build(&json!({"allowedOrigins": "*"})).unwrap();
-        assert_eq!(any.allow_origin_value(&HeaderValue::from_static("https://x")), "*");
+        assert_eq!(
+            any.allow_origin_value(&HeaderValue::from_static("https://x")),
+            "*"
+        );
     }
 }

@@ -55,8 +55,6 @@ pub(crate) enum Phase {
     Request,
     /// On the response.
     Response,
-    /// Around the upstream call (Retry, CircuitBreaker).
-    Around,
 }
 
 /// A compiled filter.
@@ -126,9 +124,9 @@ impl Filter {
                 "strip_prefix" => {
                     let parts = a.string(0, "parts")?.unwrap_or_else(|| "1".to_owned());
                     Filter::StripPrefix(
-                        parts
-                            .parse()
-                            .map_err(|_| format!("`parts` must be a whole number, got {parts:?}"))?,
+                        parts.parse().map_err(|_| {
+                            format!("`parts` must be a whole number, got {parts:?}")
+                        })?,
                     )
                 }
                 "prefix_path" => {
@@ -184,7 +182,8 @@ impl Filter {
                 "set_request_host_header" => {
                     let host = a.required(0, "host")?;
                     Filter::SetRequestHostHeader(
-                        HeaderValue::from_str(&host).map_err(|_| format!("{host:?} is not a host"))?,
+                        HeaderValue::from_str(&host)
+                            .map_err(|_| format!("{host:?} is not a host"))?,
                     )
                 }
                 "request_size" => {
@@ -208,7 +207,8 @@ impl Filter {
                         return Err(format!("`status` must be a 3xx status, got {status}"));
                     }
                     let url = a.required(1, "url")?;
-                    HeaderValue::from_str(&url).map_err(|_| format!("{url:?} is not a valid URL"))?;
+                    HeaderValue::from_str(&url)
+                        .map_err(|_| format!("{url:?} is not a valid URL"))?;
                     let include = a
                         .string(2, "include_request_params")?
                         .is_some_and(|s| s.eq_ignore_ascii_case("true"));
@@ -230,7 +230,9 @@ impl Filter {
                     regex(&a.required(1, "regexp")?)?,
                     replacement(&a.string(2, "replacement")?.unwrap_or_default()),
                 ),
-                "set_status" => Filter::SetStatus(crate::config::spec::status(&a.required(0, "status")?)?),
+                "set_status" => {
+                    Filter::SetStatus(crate::config::spec::status(&a.required(0, "status")?)?)
+                }
                 "dedupe_response_header" => {
                     let names: Vec<HeaderName> = a
                         .required(0, "name")?
@@ -239,7 +241,7 @@ impl Filter {
                         .collect::<Result<_, _>>()?;
                     let strategy = match a.string(1, "strategy")? {
                         Some(s) => Dedupe::parse(&s)?,
-                        None => Dedupe::RetainFirst,
+                        None => Dedupe::First,
                     };
                     Filter::DedupeResponseHeader(names, strategy)
                 }
@@ -251,14 +253,14 @@ impl Filter {
                         .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
                     Filter::SetResponseBody(
                         Bytes::from(body),
-                        HeaderValue::from_str(&ct).map_err(|_| format!("{ct:?} is not a content type"))?,
+                        HeaderValue::from_str(&ct)
+                            .map_err(|_| format!("{ct:?} is not a content type"))?,
                     )
                 }
                 other => return Err(format!("unknown filter {other:?}")),
             })
         }
     }
-
 
     /// When the filter acts.
     pub(crate) fn phase(&self) -> Phase {
@@ -462,7 +464,9 @@ impl Filter {
                 res.headers_mut().remove(n);
                 for v in values {
                     let new = match v.to_str() {
-                        Ok(s) => HeaderValue::from_str(&re.replace_all(s, rep.as_str())).unwrap_or(v),
+                        Ok(s) => {
+                            HeaderValue::from_str(&re.replace_all(s, rep.as_str())).unwrap_or(v)
+                        }
                         Err(_) => v,
                     };
                     res.headers_mut().append(n.clone(), new);
@@ -521,7 +525,11 @@ fn strip_segments(path: &str, n: usize) -> (&str, String) {
         seen += 1;
     }
     let rest = &path[idx..];
-    let rest = if rest.is_empty() { "/".to_owned() } else { rest.to_owned() };
+    let rest = if rest.is_empty() {
+        "/".to_owned()
+    } else {
+        rest.to_owned()
+    };
     (&path[..idx], rest)
 }
 
@@ -551,7 +559,10 @@ mod tests {
 
     #[test]
     fn strip_prefix_segments() {
-        assert_eq!(strip_segments("/name/blue/red", 2), ("/name/blue", "/red".to_owned()));
+        assert_eq!(
+            strip_segments("/name/blue/red", 2),
+            ("/name/blue", "/red".to_owned())
+        );
         assert_eq!(strip_segments("/name", 2), ("/name", "/".to_owned()));
         assert_eq!(strip_segments("/a/b/", 1), ("/a", "/b/".to_owned()));
         assert_eq!(strip_segments("/a", 0), ("", "/a".to_owned()));

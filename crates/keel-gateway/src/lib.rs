@@ -2,6 +2,7 @@
 //! model (predicates, filters, `lb://`) on a streaming hyper proxy, with resilience per
 //! route and API composition.
 
+mod auth;
 pub mod body;
 mod client;
 mod compose;
@@ -10,6 +11,7 @@ mod cors;
 pub mod error;
 mod exchange;
 mod filter;
+mod limit;
 pub mod pattern;
 mod predicate;
 mod problem;
@@ -21,4 +23,4 @@ mod text;
 
 pub use config::GatewayConfig;
 pub use error::{Error, LoadError};
-pub use server::{Gateway, Options, run, serve, serve_on};
+pub use server::{Gateway, Options, check, run, serve, serve_on};

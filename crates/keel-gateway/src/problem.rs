@@ -9,20 +9,22 @@ use crate::body::Body;
 /// Problem type URIs (stable; documented in `docs/gateway.md`).
 pub(crate) mod types {
     pub(crate) const NO_ROUTE: &str = "https://keel.dev/problems/gateway/no-route";
-    pub(crate) const UPSTREAM_UNREACHABLE: &str = "https://keel.dev/problems/gateway/upstream-unreachable";
+    pub(crate) const UPSTREAM_UNREACHABLE: &str =
+        "https://keel.dev/problems/gateway/upstream-unreachable";
     pub(crate) const UPSTREAM_TIMEOUT: &str = "https://keel.dev/problems/gateway/upstream-timeout";
     pub(crate) const UPSTREAM_ERROR: &str = "https://keel.dev/problems/gateway/upstream-error";
     pub(crate) const NO_INSTANCE: &str = "https://keel.dev/problems/gateway/no-instance";
     pub(crate) const CIRCUIT_OPEN: &str = "https://keel.dev/problems/gateway/circuit-open";
     pub(crate) const RATE_LIMITED: &str = "https://keel.dev/problems/gateway/rate-limited";
-    pub(crate) const RATE_LIMITER_UNAVAILABLE: &str = "https://keel.dev/problems/gateway/rate-limiter-unavailable";
+    pub(crate) const RATE_LIMITER_UNAVAILABLE: &str =
+        "https://keel.dev/problems/gateway/rate-limiter-unavailable";
     pub(crate) const UNAUTHORIZED: &str = "https://keel.dev/problems/gateway/unauthorized";
     pub(crate) const FORBIDDEN: &str = "https://keel.dev/problems/gateway/forbidden";
     pub(crate) const BODY_TOO_LARGE: &str = "https://keel.dev/problems/gateway/body-too-large";
-    pub(crate) const HEADERS_TOO_LARGE: &str = "https://keel.dev/problems/gateway/headers-too-large";
+    pub(crate) const HEADERS_TOO_LARGE: &str =
+        "https://keel.dev/problems/gateway/headers-too-large";
     pub(crate) const BAD_REQUEST: &str = "https://keel.dev/problems/gateway/bad-request";
     pub(crate) const CORS_REJECTED: &str = "https://keel.dev/problems/gateway/cors-rejected";
-    pub(crate) const TIMEOUT: &str = "https://keel.dev/problems/gateway/timeout";
     pub(crate) const INTERNAL: &str = "https://keel.dev/problems/gateway/internal";
 }
 

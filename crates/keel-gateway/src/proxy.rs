@@ -15,8 +15,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -197,8 +196,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
@@ -213,16 +214,12 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let mut headers = parts.headers;
         if !headers.contains_key(header::HOST)
             && let Some(h) = &host
@@ -325,6 +322,18 @@ impl Proxy {
             ex.vars = m.vars;
             ex.forwards = depth;
             let id = route.id.clone();
+            if let Some(j) = &route.jwt
+                && let Err(res) = j.apply(&mut ex, &route.id).await
+            {
+                return (*res, Some(id));
+            }
+            let limited = match &route.rate_limit {
+                Some(l) => match l.apply(&ex, &route.id).await {
+                    Ok(d) => Some(d),
+                    Err(res) => return (*res, Some(id)),
+                },
+                None => None,
+            };
             for f in &route.request_filters {
                 if let Some(res) = f.on_request(&mut ex, &route.id) {
                     return (res, Some(id));
@@ -340,11 +349,15 @@ impl Proxy {
                         .0
                 }
                 Target::Http { .. } | Target::Lb { .. } => {
-                    self.upstream(&route, &ex, body, depth, client_upgrade).await
+                    self.upstream(&route, &ex, body, depth, client_upgrade)
+                        .await
                 }
             };
             for f in &route.response_filters {
                 f.on_response(&ex, &mut res);
+            }
+            if let Some(d) = &limited {
+                crate::limit::add_headers(d, &mut res);
             }
             if let (Some(c), Some(origin)) = (&cors_config, &origin) {
                 cors::decorate(c, origin, &mut res);
@@ -380,7 +393,9 @@ impl Proxy {
                 None => None,
             };
             let Some(attempt_body) = body.take() else {
-                break Err(UpstreamError::Other("the request body was already sent".into()));
+                break Err(UpstreamError::Other(
+                    "the request body was already sent".into(),
+                ));
             };
             let r = self.attempt(route, ex, attempt_body, &mut avoid).await;
             if let (Some(p), Some(b)) = (permit, &route.breaker) {
@@ -534,8 +549,15 @@ impl Proxy {
         .flatten()
         .filter(|d| *d != Duration::MAX)
         .min();
-        self.fetch(&route.target, route.connect_timeout, timeout, ex, body, avoid)
-            .await
+        self.fetch(
+            &route.target,
+            route.connect_timeout,
+            timeout,
+            ex,
+            body,
+            avoid,
+        )
+        .await
     }
 
     /// One call to one instance of `target`, answered within `timeout` (and the request's
@@ -731,7 +753,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -14,11 +14,13 @@ use keel_resilience::{CircuitBreaker, classify::StatusSet};
 use serde_json::Value;
 
 use crate::{
+    auth::JwtPolicy,
     compose::Composition,
     config::{GatewayConfig, RouteDef, Spec, spec},
     cors::{CorsConfig, GlobalCors},
     error::LoadError,
     filter::{Filter, Phase},
+    limit::{Limiters, RateLimitPolicy},
     pattern::Captures,
     predicate::{Draws, Predicate, RequestView, WeightGroups},
 };
@@ -75,9 +77,10 @@ impl Target {
                     ));
                 }
                 let default_port = 80;
-                let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| {
-                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
-                }) {
+                let with_port = if host
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                {
                     host.to_owned()
                 } else {
                     format!("{host}:{default_port}")
@@ -237,6 +240,10 @@ pub(crate) struct Route {
     /// Per-route time to the response head (`metadata.response-timeout`); a negative value
     /// in the file disables the global one.
     pub(crate) response_timeout: Option<Duration>,
+    /// The `JWT` filter (runs before the other filters).
+    pub(crate) jwt: Option<JwtPolicy>,
+    /// The `RequestRateLimiter` filter (runs after JWT, before the other filters).
+    pub(crate) rate_limit: Option<RateLimitPolicy>,
     /// Route-level CORS (`metadata.cors`), which wins over the global configuration.
     pub(crate) cors: Option<CorsConfig>,
     /// The definition as written, for the actuator.
@@ -271,6 +278,42 @@ impl Breakers {
     }
 }
 
+/// What compiled routes share beyond one table: breakers (kept across reloads), rate
+/// limiters and the JWT verifier.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) breakers: Breakers,
+    pub(crate) limiters: Limiters,
+}
+
+impl Shared {
+    /// For compiling a file without serving it: Redis routes use a local limiter.
+    pub(crate) fn for_check() -> Self {
+        Self {
+            breakers: Breakers::default(),
+            limiters: Limiters {
+                local: keel_ratelimit::RateLimiter::new(
+                    keel_ratelimit::LocalStore::new(),
+                    keel_ratelimit::FailMode::Open,
+                ),
+                redis: None,
+            },
+        }
+    }
+}
+
+/// Whether any route of `config` rate-limits in Redis.
+pub(crate) fn needs_redis(config: &GatewayConfig) -> bool {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| r.filters.iter())
+        .chain(config.default_filters.iter())
+        .any(|s| {
+            s.key() == "request_rate_limiter" && crate::limit::wants_redis(&s.args).unwrap_or(false)
+        })
+}
+
 /// The compiled, ordered routes.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
@@ -289,10 +332,19 @@ pub(crate) struct Matched {
 
 impl RouteTable {
     /// Compiles `config`'s routes. Errors name the file, the route and the field.
-    pub(crate) fn build(config: &GatewayConfig, breakers: &Breakers) -> Result<Self, LoadError> {
+    pub(crate) fn build(config: &GatewayConfig, shared: &Shared) -> Result<Self, LoadError> {
+        let verifier = match &config.jwt {
+            None => None,
+            Some(v) => Some(Arc::new(keel_jwt::Verifier::from_value(v).map_err(
+                |e| {
+                    Problem::at(format!("jwt.{}", e.field), e.message)
+                        .into_load_error(config.file.as_deref())
+                },
+            )?)),
+        };
         let mut routes = Vec::with_capacity(config.routes.len());
         for def in &config.routes {
-            let route = compile(def, config, breakers)
+            let route = compile(def, config, shared, verifier.as_ref())
                 .map_err(|p| p.into_load_error(config.file.as_deref()))?;
             routes.push(Arc::new(route));
         }
@@ -356,26 +408,16 @@ impl RouteTable {
         }
         None
     }
-
-    /// Services named by `lb://` routes.
-    pub(crate) fn lb_services(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .routes
-            .iter()
-            .filter_map(|r| match &r.target {
-                Target::Lb { service } => Some(service.clone()),
-                _ => None,
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
 }
 
 use crate::config::Problem;
 
-fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Result<Route, Problem> {
+fn compile(
+    def: &RouteDef,
+    config: &GatewayConfig,
+    shared: &Shared,
+    verifier: Option<&Arc<keel_jwt::Verifier>>,
+) -> Result<Route, Problem> {
     let at = |field: String, msg: String| Problem::at(field, msg).in_route(&def.id);
     let target = match (&def.compose, def.uri.as_deref()) {
         (Some(c), _) => Target::Compose(Arc::new(
@@ -401,6 +443,8 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
     let mut response_filters = Vec::new();
     let mut retry = None;
     let mut breaker = None;
+    let mut jwt = None;
+    let mut rate_limit_spec = None;
     let all: Vec<(String, &Spec)> = config
         .default_filters
         .iter()
@@ -418,8 +462,13 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
         match key.as_str() {
             "retry" => retry = Some(RetryPolicy::build(&s.args).map_err(|e| at(field, e))?),
             "circuit_breaker" | "spring_cloud_circuit_breaker" | "hystrix" => {
-                breaker = Some(breaker_policy(s, &def.id, config, breakers).map_err(|e| at(field, e))?);
+                breaker = Some(
+                    breaker_policy(s, &def.id, config, &shared.breakers)
+                        .map_err(|e| at(field, e))?,
+                );
             }
+            "jwt" => jwt = Some(JwtPolicy::build(&s.args, verifier).map_err(|e| at(field, e))?),
+            "request_rate_limiter" => rate_limit_spec = Some((field, s)),
             _ => {
                 let f = match Filter::build_basic(s) {
                     Some(r) => r.map_err(|e| at(field.clone(), e))?,
@@ -448,6 +497,18 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
                 .map_err(|e| at(format!("metadata.{k}"), e)),
         }
     };
+    let rate_limit = match rate_limit_spec {
+        None => None,
+        Some((field, s)) => Some(
+            RateLimitPolicy::build(
+                &s.args,
+                &shared.limiters,
+                &config.rate_limiter,
+                jwt.is_some(),
+            )
+            .map_err(|e| at(field, e))?,
+        ),
+    };
     let connect_timeout = md("connect-timeout")?;
     let response_timeout = md("response-timeout")?;
     let cors = def
@@ -468,6 +529,8 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
         breaker,
         connect_timeout,
         response_timeout,
+        jwt,
+        rate_limit,
         cors,
         def: def.clone(),
     })
@@ -475,9 +538,14 @@ fn compile(def: &RouteDef, config: &GatewayConfig, breakers: &Breakers) -> Resul
 
 fn unknown_filter(name: &str) -> String {
     match crate::config::tree::relax(name).as_str() {
-        "request_rate_limiter" | "jwt" | "token_relay" | "save_session" | "modify_request_body"
-        | "modify_response_body" | "cache_request_body" | "local_response_cache"
-        | "json_to_grpc" | "fallback_headers" => {
+        "token_relay"
+        | "save_session"
+        | "modify_request_body"
+        | "modify_response_body"
+        | "cache_request_body"
+        | "local_response_cache"
+        | "json_to_grpc"
+        | "fallback_headers" => {
             format!("the {name} filter is not supported by this version of keel gateway")
         }
         _ => format!("unknown filter {name:?}"),
@@ -496,9 +564,7 @@ fn breaker_policy(
         None => None,
         Some(f) if f.starts_with("forward:/") => Some(f.trim_start_matches("forward:").to_owned()),
         Some(f) => {
-            return Err(format!(
-                "`fallbackUri` must be `forward:/path`, got {f:?}"
-            ));
+            return Err(format!("`fallbackUri` must be `forward:/path`, got {f:?}"));
         }
     };
     let codes = a.list(usize::MAX, "status_codes");
@@ -529,9 +595,16 @@ mod tests {
         assert_eq!(authority("http://127.0.0.1:8081/ignored"), "127.0.0.1:8081");
         assert_eq!(authority("http://example.org"), "example.org:80");
         assert_eq!(authority("http://[::1]"), "[::1]:80");
-        assert!(matches!(Target::parse("h2c://a:1").unwrap(), Target::Http { h2c: true, .. }));
-        assert!(matches!(Target::parse("lb://Orders").unwrap(), Target::Lb { service } if service == "orders"));
-        assert!(matches!(Target::parse("forward:/fallback").unwrap(), Target::Forward(p) if p == "/fallback"));
+        assert!(matches!(
+            Target::parse("h2c://a:1").unwrap(),
+            Target::Http { h2c: true, .. }
+        ));
+        assert!(
+            matches!(Target::parse("lb://Orders").unwrap(), Target::Lb { service } if service == "orders")
+        );
+        assert!(
+            matches!(Target::parse("forward:/fallback").unwrap(), Target::Forward(p) if p == "/fallback")
+        );
         assert!(Target::parse("https://x").is_err());
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("nonsense").is_err());
@@ -556,7 +629,7 @@ mod tests {
 
     fn table(yaml: &str) -> Result<RouteTable, LoadError> {
         let c = GatewayConfig::parse(yaml, Some(std::path::Path::new("r.yaml")), &[])?;
-        RouteTable::build(&c, &Breakers::default())
+        RouteTable::build(&c, &Shared::for_check())
     }
 
     #[test]
@@ -578,14 +651,22 @@ mod tests {
         let e = table("gateway:\n  routes:\n    - {id: a, uri: 'http://x', filters: ['Nope=1']}\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("r.yaml") && e.contains("\"a\"") && e.contains("filters[0]") && e.contains("Nope"), "{e}");
+        assert!(
+            e.contains("r.yaml")
+                && e.contains("\"a\"")
+                && e.contains("filters[0]")
+                && e.contains("Nope"),
+            "{e}"
+        );
         let e = table("gateway:\n  routes:\n    - {id: a, uri: 'lb://orders'}\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("discovery"), "{e}");
-        let e = table("gateway:\n  routes:\n    - {id: a, uri: 'http://x', predicates: ['Path=/{a']}\n")
-            .unwrap_err()
-            .to_string();
+        let e = table(
+            "gateway:\n  routes:\n    - {id: a, uri: 'http://x', predicates: ['Path=/{a']}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("predicates[0]"), "{e}");
     }
 }

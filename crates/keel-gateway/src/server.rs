@@ -36,8 +36,9 @@ use crate::{
     body::Body,
     client::Clients,
     error::{Error, LoadError},
+    limit::Limiters,
     proxy::Proxy,
-    route::{Breakers, RouteTable},
+    route::{Breakers, RouteTable, Shared, needs_redis},
 };
 
 /// How `keel gateway` was started.
@@ -56,10 +57,11 @@ pub struct Options {
 pub struct Gateway {
     proxy: Arc<Proxy>,
     breakers: Breakers,
+    limiters: Mutex<Limiters>,
+    redis: crate::config::RedisSettings,
     file: Option<PathBuf>,
     profiles: Vec<String>,
     health: Health,
-    admin_token: Option<String>,
     admin_on_main: bool,
     admin: Router,
     has_discovery: bool,
@@ -68,10 +70,25 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds a gateway from `config` (routes compiled, discovery started).
-    pub fn new(config: &GatewayConfig, profiles: Vec<String>) -> Result<Arc<Self>, Error> {
+    /// Builds a gateway from `config` (routes compiled, discovery started, Redis connected
+    /// when a route rate-limits there).
+    pub async fn new(config: &GatewayConfig, profiles: Vec<String>) -> Result<Arc<Self>, Error> {
         let breakers = Breakers::default();
-        let table = RouteTable::build(config, &breakers)?;
+        let mut limiters = Limiters {
+            local: keel_ratelimit::RateLimiter::new(
+                keel_ratelimit::LocalStore::new(),
+                keel_ratelimit::FailMode::Open,
+            ),
+            redis: None,
+        };
+        if needs_redis(config) {
+            limiters.redis = Some(connect_redis(&config.rate_limiter.redis).await?);
+        }
+        let shared = Shared {
+            breakers: breakers.clone(),
+            limiters: limiters.clone(),
+        };
+        let table = RouteTable::build(config, &shared)?;
         let discovery = config.discovery.clone().map(|d| {
             Discovery::start(
                 d,
@@ -81,14 +98,14 @@ impl Gateway {
                     .unwrap_or_default(),
             )
         });
-        let balancer = discovery.as_ref().and_then(|d| {
-            Balancer::new(d.catalog().clone(), BalancerConfig::default()).ok()
-        });
+        let balancer = discovery
+            .as_ref()
+            .and_then(|d| Balancer::new(d.catalog().clone(), BalancerConfig::default()).ok());
         let proxy = Arc::new(Proxy {
             table: ArcSwap::from_pointee(table),
             clients: Clients::new(config.http_client.clone()),
             balancer,
-            forwarded: config.forwarded.clone(),
+            forwarded: config.forwarded,
             response_timeout: config.http_client.response_timeout,
             max_body: config.server.max_body_bytes,
             access_log: config.access_log,
@@ -98,10 +115,11 @@ impl Gateway {
             admin: admin_router(weak.clone(), health.clone(), config.admin.token.clone()),
             proxy,
             breakers,
+            limiters: Mutex::new(limiters),
+            redis: config.rate_limiter.redis.clone(),
             file: config.file.clone(),
             profiles,
             health,
-            admin_token: config.admin.token.clone(),
             admin_on_main: config.admin.listen.is_none(),
             has_discovery: discovery.is_some(),
             last_error: Mutex::new(None),
@@ -115,16 +133,35 @@ impl Gateway {
     }
 
     /// Reloads the route file. On error the current routes stay in service.
-    pub fn reload(&self) -> Result<usize, LoadError> {
+    pub async fn reload(&self) -> Result<usize, LoadError> {
         let Some(file) = &self.file else {
             return Ok(self.proxy.table.load().routes.len());
         };
-        let result = GatewayConfig::load(file, &self.profiles).and_then(|c| {
-            if c.discovery.is_some() && !self.has_discovery {
-                tracing::warn!("discovery settings changed; restart the gateway to apply them");
+        let result = match GatewayConfig::load(file, &self.profiles) {
+            Ok(c) => {
+                if c.discovery.is_some() && !self.has_discovery {
+                    tracing::warn!("discovery settings changed; restart the gateway to apply them");
+                }
+                let have_redis = self.limiters().redis.is_some();
+                if needs_redis(&c) && !have_redis {
+                    match connect_redis(&self.redis).await {
+                        Ok(r) => {
+                            self.limiters
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .redis = Some(r);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot use Redis for rate limits"),
+                    }
+                }
+                let shared = Shared {
+                    breakers: self.breakers.clone(),
+                    limiters: self.limiters(),
+                };
+                RouteTable::build(&c, &shared)
             }
-            RouteTable::build(&c, &self.breakers)
-        });
+            Err(e) => Err(e),
+        };
         match result {
             Ok(table) => {
                 let n = table.routes.len();
@@ -139,6 +176,13 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    fn limiters(&self) -> Limiters {
+        self.limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Serves one connection's request.
@@ -190,7 +234,10 @@ impl Gateway {
 
 fn is_admin_path(path: &str) -> bool {
     path.starts_with("/actuator/")
-        || matches!(path, "/health" | "/health/live" | "/health/ready" | "/metrics")
+        || matches!(
+            path,
+            "/health" | "/health/live" | "/health/ready" | "/metrics"
+        )
 }
 
 async fn admin_call(router: Router, req: Request<Incoming>) -> Response<Body> {
@@ -253,13 +300,24 @@ fn gone() -> axum::response::Response {
 }
 
 async fn routes(State(gw): State<Weak>) -> axum::response::Response {
-    let Some(gw) = gw.upgrade() else { return gone() };
+    let Some(gw) = gw.upgrade() else {
+        return gone();
+    };
     let table = gw.proxy.table.load();
-    Json(table.routes.iter().map(|r| route_json(r)).collect::<Vec<_>>()).into_response()
+    Json(
+        table
+            .routes
+            .iter()
+            .map(|r| route_json(r))
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
 }
 
 async fn route_by_id(State(gw): State<Weak>, Path(id): Path<String>) -> axum::response::Response {
-    let Some(gw) = gw.upgrade() else { return gone() };
+    let Some(gw) = gw.upgrade() else {
+        return gone();
+    };
     let table = gw.proxy.table.load();
     match table.routes.iter().find(|r| *r.id == *id) {
         Some(r) => Json(route_json(r)).into_response(),
@@ -270,8 +328,10 @@ async fn route_by_id(State(gw): State<Weak>, Path(id): Path<String>) -> axum::re
 }
 
 async fn refresh(State(gw): State<Weak>) -> axum::response::Response {
-    let Some(gw) = gw.upgrade() else { return gone() };
-    match gw.reload() {
+    let Some(gw) = gw.upgrade() else {
+        return gone();
+    };
+    match gw.reload().await {
         Ok(n) => Json(json!({ "routes": n })).into_response(),
         Err(e) => keel_chassis::Problem::new(StatusCode::BAD_REQUEST)
             .with_title("Route file rejected")
@@ -282,7 +342,9 @@ async fn refresh(State(gw): State<Weak>) -> axum::response::Response {
 }
 
 async fn circuit_breakers(State(gw): State<Weak>) -> axum::response::Response {
-    let Some(gw) = gw.upgrade() else { return gone() };
+    let Some(gw) = gw.upgrade() else {
+        return gone();
+    };
     let list: Vec<Value> = gw
         .breakers
         .all()
@@ -307,9 +369,37 @@ async fn watch_file(gw: Arc<Gateway>, interval: Duration, stop: CancellationToke
         let now = mtime(&file);
         if now.is_some() && now != last {
             last = now;
-            let _ = gw.reload();
+            let _ = gw.reload().await;
         }
     }
+}
+
+/// Compiles `config`'s routes without serving them; returns how many there are. This is
+/// what start-up and reload check before a file is used.
+pub fn check(config: &GatewayConfig) -> Result<usize, LoadError> {
+    RouteTable::build(config, &Shared::for_check()).map(|t| t.routes.len())
+}
+
+async fn connect_redis(
+    settings: &crate::config::RedisSettings,
+) -> Result<keel_ratelimit::RateLimiter, Error> {
+    let store = keel_ratelimit::RedisStore::connect(&settings.url, settings.timeout)
+        .await
+        .map_err(|e| Error::Args {
+            flag: "rate_limiter.redis.url",
+            message: e.to_string(),
+        })?;
+    if !settings.fail_open_explicit {
+        tracing::warn!(
+            "rate_limiter.redis.fail_open is not set: when Redis is down, Redis rate limits let requests through (as Spring does); set it to say so explicitly"
+        );
+    }
+    let mode = if settings.fail_open {
+        keel_ratelimit::FailMode::Open
+    } else {
+        keel_ratelimit::FailMode::Closed
+    };
+    Ok(keel_ratelimit::RateLimiter::new(store, mode))
 }
 
 /// Runs `keel gateway` until SIGTERM/SIGINT.
@@ -319,11 +409,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
         None => GatewayConfig::default(),
     };
     if let Some(l) = &options.listen {
-        config.server.listen =
-            crate::config::listen_address(l).map_err(|message| Error::Args {
-                flag: "--listen",
-                message,
-            })?;
+        config.server.listen = crate::config::listen_address(l).map_err(|message| Error::Args {
+            flag: "--listen",
+            message,
+        })?;
     }
     let _telemetry = keel_chassis::telemetry::init(
         "gateway",
@@ -373,7 +462,7 @@ pub async fn serve_on(
             "TLS termination is not supported by this version of keel gateway; terminate TLS in front of it".into(),
         ));
     }
-    let gw = Gateway::new(&config, profiles)?;
+    let gw = Gateway::new(&config, profiles).await?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.server.listen,
         source,

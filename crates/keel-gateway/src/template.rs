@@ -26,7 +26,11 @@ impl Template {
                 break;
             };
             let name = &rest[open + 1..open + close];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 parts.push(Part::Text(rest[..open + 1].into()));
                 rest = &rest[open + 1..];
                 continue;
@@ -49,11 +53,6 @@ impl Template {
     /// Whether the template has variables.
     pub(crate) fn is_static(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
-    }
-
-    /// The template as written.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.source
     }
 
     pub(crate) fn expand(&self, vars: &Captures) -> String {
@@ -88,7 +87,10 @@ mod tests {
         assert_eq!(Template::parse("/{segment}").expand(&vars), "/abc");
         assert_eq!(Template::parse("/x/{segment}/y").expand(&vars), "/x/abc/y");
         assert_eq!(Template::parse("/{other}").expand(&vars), "/{other}");
-        assert_eq!(Template::parse("{ not a var }").expand(&vars), "{ not a var }");
+        assert_eq!(
+            Template::parse("{ not a var }").expand(&vars),
+            "{ not a var }"
+        );
         assert_eq!(Template::parse("a{").expand(&vars), "a{");
         assert!(Template::parse("plain").is_static());
     }

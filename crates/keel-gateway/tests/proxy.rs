@@ -63,14 +63,37 @@ gateway:
     assert_eq!(h["host"], up.addr.to_string());
     assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
 
-    let body: Value = c.get(gw.url("/v1/abc")).send().await.unwrap().json().await.unwrap();
+    let body: Value = c
+        .get(gw.url("/v1/abc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["path"], "/svc/internal/abc");
-    let body: Value = c.get(gw.url("/red/blue/x")).send().await.unwrap().json().await.unwrap();
+    let body: Value = c
+        .get(gw.url("/red/blue/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["path"], "/blue/x");
 
     // DELETE is not one of the route's methods.
-    let p = problem(c.delete(gw.url("/api/orders/42")).send().await.unwrap(), 404).await;
-    assert!(p["detail"].as_str().unwrap().contains("DELETE /api/orders/42"));
+    let p = problem(
+        c.delete(gw.url("/api/orders/42")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE /api/orders/42")
+    );
 }
 
 #[tokio::test]
@@ -109,11 +132,20 @@ spring:
         v["upstream"].as_str().unwrap().to_owned()
     };
     assert_eq!(who(c.get(gw.url("/x"))).await, "a");
-    assert_eq!(who(c.get(gw.url("/x")).header("x-version", "21")).await, "b");
+    assert_eq!(
+        who(c.get(gw.url("/x")).header("x-version", "21")).await,
+        "b"
+    );
     assert_eq!(who(c.get(gw.url("/x")).header("x-version", "3")).await, "a");
     assert_eq!(who(c.get(gw.url("/x?beta"))).await, "b");
-    assert_eq!(who(c.get(gw.url("/x")).header("cookie", "a=1; tier=gold")).await, "b");
-    assert_eq!(who(c.get(gw.url("/x")).header("host", "api.beta.example")).await, "b");
+    assert_eq!(
+        who(c.get(gw.url("/x")).header("cookie", "a=1; tier=gold")).await,
+        "b"
+    );
+    assert_eq!(
+        who(c.get(gw.url("/x")).header("host", "api.beta.example")).await,
+        "b"
+    );
 }
 
 #[tokio::test]
@@ -152,12 +184,21 @@ gateway:
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], "https://new.example/");
     let p = problem(
-        c.post(gw.url("/count")).body(vec![0u8; 4096]).send().await.unwrap(),
+        c.post(gw.url("/count"))
+            .body(vec![0u8; 4096])
+            .send()
+            .await
+            .unwrap(),
         413,
     )
     .await;
     assert_eq!(p["route"], "small");
-    let res = c.post(gw.url("/count")).body(vec![0u8; 100]).send().await.unwrap();
+    let res = c
+        .post(gw.url("/count"))
+        .body(vec![0u8; 100])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let res = c.get(gw.url("/dedupe")).send().await.unwrap();
     let dups: Vec<_> = res.headers().get_all("x-dup").iter().collect();
@@ -190,7 +231,12 @@ gateway:
     let c = client();
     let p = problem(c.get(gw.url("/down/x")).send().await.unwrap(), 502).await;
     assert_eq!(p["route"], "down");
-    assert!(p["type"].as_str().unwrap().ends_with("upstream-unreachable"));
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("upstream-unreachable")
+    );
     let p = problem(c.get(gw.url("/slow/2000")).send().await.unwrap(), 504).await;
     assert_eq!(p["route"], "slow");
     let res = c.get(gw.url("/slow/10")).send().await.unwrap();
@@ -377,28 +423,30 @@ async fn upgrade_upstream() -> std::net::SocketAddr {
         loop {
             let (s, _) = l.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(up) = on.await {
-                            let mut io = hyper_util::rt::TokioIo::new(up);
-                            let mut buf = [0u8; 1024];
-                            while let Ok(n) = io.read(&mut buf).await {
-                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                    break;
+                let svc = service_fn(
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on.await {
+                                let mut io = hyper_util::rt::TokioIo::new(up);
+                                let mut buf = [0u8; 1024];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
                                 }
                             }
-                        }
-                    });
-                    Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .status(101)
-                            .header("connection", "upgrade")
-                            .header("upgrade", "echo")
-                            .body(http_body_util::Empty::<bytes::Bytes>::new())
-                            .unwrap(),
-                    )
-                });
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .unwrap(),
+                        )
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .with_upgrades()
@@ -467,13 +515,23 @@ async fn actuator_lists_routes_and_reload_keeps_good_routes() {
     )
     .unwrap();
     let p = problem(
-        c.post(gw.url("/actuator/gateway/refresh")).send().await.unwrap(),
+        c.post(gw.url("/actuator/gateway/refresh"))
+            .send()
+            .await
+            .unwrap(),
         400,
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("Bogus"), "{p}");
     assert_eq!(p["route"], "bad");
-    let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .get(gw.url("/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["upstream"], "a");
 
     // A good file is picked up by the watcher without a refresh call.
@@ -488,7 +546,14 @@ async fn actuator_lists_routes_and_reload_keeps_good_routes() {
     let mut switched = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
+        let v: Value = c
+            .get(gw.url("/x"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if v["upstream"] == "b" {
             switched = true;
             break;
@@ -555,13 +620,32 @@ spring.cloud.gateway:
     // The route only takes GET, but a preflight ignores Method predicates.
     let res = pre("/api/x", "https://shop.example", "POST").await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     assert_eq!(res.headers()["access-control-allow-methods"], "GET,POST");
-    assert_eq!(up.hits.load(Ordering::Relaxed), before, "preflights are answered at the edge");
-    problem(pre("/api/x", "https://evil.example", "GET").await.unwrap(), 403).await;
-    problem(pre("/api/x", "https://shop.example", "DELETE").await.unwrap(), 403).await;
+    assert_eq!(
+        up.hits.load(Ordering::Relaxed),
+        before,
+        "preflights are answered at the edge"
+    );
+    problem(
+        pre("/api/x", "https://evil.example", "GET").await.unwrap(),
+        403,
+    )
+    .await;
+    problem(
+        pre("/api/x", "https://shop.example", "DELETE")
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     // Per-route configuration wins.
-    let res = pre("/open/x", "https://a.partner.example", "DELETE").await.unwrap();
+    let res = pre("/open/x", "https://a.partner.example", "DELETE")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["access-control-allow-credentials"], "true");
     // Actual requests get the headers, or 403 from a foreign origin.
@@ -572,7 +656,10 @@ spring.cloud.gateway:
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     assert_eq!(res.headers()["access-control-expose-headers"], "x-total");
     problem(
         c.get(gw.url("/api/x"))
@@ -629,9 +716,15 @@ gateway:
     let t0 = std::time::Instant::now();
     let res = c.get(gw.url("/orders/42")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    assert!(t0.elapsed() < Duration::from_millis(900), "parts run in parallel");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "parts run in parallel"
+    );
     let v: Value = res.json().await.unwrap();
-    assert_eq!(v["path"], "/orders/42", "the order part is merged at the top: {v}");
+    assert_eq!(
+        v["path"], "/orders/42",
+        "the order part is merged at the top: {v}"
+    );
     assert_eq!(v["ticket"]["path"], "/tickets/42");
     assert_eq!(v["ticket"]["upstream"], "kitchen");
     assert!(v["payment"].is_null() && v["delivery"].is_null() && v["slow"].is_null());
@@ -643,4 +736,246 @@ gateway:
         .collect();
     assert_eq!(unavailable, ["payment", "slow", "down"]);
     problem(c.get(gw.url("/missing/1")).send().await.unwrap(), 404).await;
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+fn token(claims: Value, secret: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64.encode(serde_json::to_vec(&claims).unwrap());
+    let input = format!("{head}.{body}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let sig = b64.encode(ring::hmac::sign(&key, input.as_bytes()).as_ref());
+    format!("{input}.{sig}")
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn jwt_guards_routes_and_forwards_claims() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  jwt:
+    keys: [{{ alg: HS256, secret: "{SECRET}" }}]
+    issuer: https://auth.example
+  routes:
+    - id: admin
+      uri: {url}
+      predicates: [Path=/admin/**]
+      filters:
+        - name: JWT
+          args: {{ roles: [admin] }}
+    - id: me
+      uri: {url}
+      predicates: [Path=/me/**]
+      filters: [JWT]
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    let good = |roles: Value, exp: i64| {
+        token(
+            serde_json::json!({"sub": "ada", "iss": "https://auth.example", "exp": exp, "roles": roles}),
+            SECRET,
+        )
+    };
+    // No token: 401 with a challenge; the upstream is not called.
+    let res = c.get(gw.url("/me/x")).send().await.unwrap();
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer error=\"invalid_request\""
+    );
+    problem(res, 401).await;
+    assert_eq!(up.hits.load(Ordering::Relaxed), 0);
+    // Good token: claims forwarded, forged headers replaced.
+    let res = c
+        .get(gw.url("/me/x"))
+        .bearer_auth(good(serde_json::json!(["user"]), now_s() + 60))
+        .header("x-auth-subject", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["headers"]["x-auth-subject"], "ada");
+    assert_eq!(v["headers"]["x-auth-roles"], "user");
+    // Expired, wrong key, wrong issuer: 401.
+    for bad in [
+        good(serde_json::json!(["user"]), now_s() - 3600),
+        token(
+            serde_json::json!({"sub": "ada", "iss": "https://auth.example", "exp": now_s() + 60}),
+            "another-secret-another-secret-0000",
+        ),
+        token(
+            serde_json::json!({"sub": "ada", "iss": "https://evil.example", "exp": now_s() + 60}),
+            SECRET,
+        ),
+    ] {
+        let res = c
+            .get(gw.url("/me/x"))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
+        problem(res, 401).await;
+    }
+    // Missing role: 403; with it: 200.
+    let p = problem(
+        c.get(gw.url("/admin/x"))
+            .bearer_auth(good(serde_json::json!(["user"]), now_s() + 60))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    assert_eq!(p["route"], "admin");
+    let res = c
+        .get(gw.url("/admin/x"))
+        .bearer_auth(good(serde_json::json!(["admin"]), now_s() + 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn local_rate_limiter_answers_429_with_headers() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: limited
+      uri: {url}
+      predicates: [Path=/**]
+      filters:
+        - name: RequestRateLimiter
+          args: {{ replenishRate: 1, burstCapacity: 3, key-resolver: "header:X-Api-Key" }}
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    for i in 0..3 {
+        let res = c
+            .get(gw.url("/x"))
+            .header("x-api-key", "k1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "request {i}");
+        assert_eq!(res.headers()["x-ratelimit-burst-capacity"], "3");
+        assert_eq!(
+            res.headers()["x-ratelimit-remaining"],
+            (2 - i).to_string().as_str()
+        );
+    }
+    let res = c
+        .get(gw.url("/x"))
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    assert!(res.headers().contains_key("retry-after"));
+    problem(res, 429).await;
+    // Another key has its own bucket; no key at all is refused (deny-empty-key).
+    let res = c
+        .get(gw.url("/x"))
+        .header("x-api-key", "k2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    problem(c.get(gw.url("/x")).send().await.unwrap(), 403).await;
+}
+
+#[tokio::test]
+async fn redis_rate_limiter_is_shared_and_fails_as_configured() {
+    let up = upstream("u").await;
+    let route = |redis: &str, fail_open: bool, key: &str| {
+        format!(
+            r#"
+gateway:
+  rate-limiter:
+    redis: {{ url: "{redis}", timeout: 200ms, fail-open: {fail_open} }}
+  routes:
+    - id: shared-{key}
+      uri: {url}
+      predicates: [Path=/**]
+      filters:
+        - name: RequestRateLimiter
+          args:
+            key-resolver: "header:X-Api-Key"
+            redis-rate-limiter: {{ replenishRate: 1, burstCapacity: 4 }}
+"#,
+            url = up.url()
+        )
+    };
+    let c = client();
+    // Redis down: fail closed is 503, fail open lets requests through.
+    let closed = gateway(&route("redis://127.0.0.1:1", false, "closed")).await;
+    let p = problem(
+        c.get(closed.url("/x"))
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap(),
+        503,
+    )
+    .await;
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("rate-limiter-unavailable")
+    );
+    let open = gateway(&route("redis://127.0.0.1:1", true, "open")).await;
+    let res = c
+        .get(open.url("/x"))
+        .header("x-api-key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let Ok(redis) = std::env::var("KEEL_TEST_REDIS_URL") else {
+        eprintln!("NOTICE: KEEL_TEST_REDIS_URL is not set; skipping the shared Redis bucket part");
+        return;
+    };
+    // Two gateways, one Redis: one budget of 4 for the same route and key.
+    let key = format!("k{}", now_s());
+    let g1 = gateway(&route(&redis, false, &key)).await;
+    let g2 = gateway(&route(&redis, false, &key)).await;
+    let mut ok = 0;
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let res = c
+            .get(gw.url("/x"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(res.status(), 429);
+        }
+    }
+    assert_eq!(ok, 4, "the burst is shared by both gateways");
 }

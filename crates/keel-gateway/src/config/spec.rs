@@ -148,14 +148,6 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl Args {
-    /// Arguments from a named map (for Keel's own definitions).
-    pub(crate) fn named(map: Value) -> Self {
-        Self {
-            positional: Vec::new(),
-            named: map,
-        }
-    }
-
     /// The argument called `name` (relaxed; dotted paths reach into maps), else the
     /// positional argument `idx`.
     pub(crate) fn get(&self, idx: usize, name: &str) -> Option<&Value> {
@@ -193,24 +185,6 @@ impl Args {
                 .filter_map(scalar_string)
                 .collect(),
         }
-    }
-
-    /// The named arguments (a map).
-    pub(crate) fn named_map(&self) -> &Value {
-        &self.named
-    }
-
-    /// How many positional arguments there are.
-    pub(crate) fn positional_len(&self) -> usize {
-        self.positional.len()
-    }
-
-    /// Every argument name given, relaxed (for unknown-argument checks).
-    pub(crate) fn names(&self) -> Vec<String> {
-        self.named
-            .as_object()
-            .map(|m| m.keys().map(|k| relax(k)).collect())
-            .unwrap_or_default()
     }
 }
 
@@ -433,7 +407,7 @@ mod tests {
         assert_eq!(s.name, "Path");
         assert_eq!(s.args.list(0, "patterns"), vec!["/a/**", "/b/{id}"]);
         let s = Spec::parse(&json!("PreserveHostHeader")).unwrap();
-        assert_eq!(s.args.positional_len(), 0);
+        assert!(s.args.get(0, "x").is_none());
     }
 
     #[test]

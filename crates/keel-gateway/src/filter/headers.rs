@@ -51,17 +51,17 @@ pub(crate) fn secure_headers(args: &Args) -> Result<Vec<(HeaderName, HeaderValue
 /// How DedupeResponseHeader keeps values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dedupe {
-    RetainFirst,
-    RetainLast,
-    RetainUnique,
+    First,
+    Last,
+    Unique,
 }
 
 impl Dedupe {
     pub(crate) fn parse(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_uppercase().as_str() {
-            "RETAIN_FIRST" => Ok(Dedupe::RetainFirst),
-            "RETAIN_LAST" => Ok(Dedupe::RetainLast),
-            "RETAIN_UNIQUE" => Ok(Dedupe::RetainUnique),
+            "RETAIN_FIRST" => Ok(Dedupe::First),
+            "RETAIN_LAST" => Ok(Dedupe::Last),
+            "RETAIN_UNIQUE" => Ok(Dedupe::Unique),
             other => Err(format!(
                 "strategy {other:?} is not RETAIN_FIRST, RETAIN_LAST or RETAIN_UNIQUE"
             )),
@@ -75,9 +75,9 @@ impl Dedupe {
         }
         headers.remove(name);
         let keep: Vec<HeaderValue> = match self {
-            Dedupe::RetainFirst => values.into_iter().take(1).collect(),
-            Dedupe::RetainLast => values.into_iter().last().into_iter().collect(),
-            Dedupe::RetainUnique => {
+            Dedupe::First => values.into_iter().take(1).collect(),
+            Dedupe::Last => values.into_iter().last().into_iter().collect(),
+            Dedupe::Unique => {
                 let mut seen: Vec<HeaderValue> = Vec::new();
                 for v in values {
                     if !seen.contains(&v) {
@@ -108,16 +108,19 @@ mod tests {
             h
         };
         let all = |h: &HeaderMap| -> Vec<String> {
-            h.get_all(&name).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+            h.get_all(&name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
         };
         let mut h = make();
-        Dedupe::RetainFirst.apply(&mut h, &name);
+        Dedupe::First.apply(&mut h, &name);
         assert_eq!(all(&h), ["a"]);
         let mut h = make();
-        Dedupe::RetainLast.apply(&mut h, &name);
+        Dedupe::Last.apply(&mut h, &name);
         assert_eq!(all(&h), ["a"]);
         let mut h = make();
-        Dedupe::RetainUnique.apply(&mut h, &name);
+        Dedupe::Unique.apply(&mut h, &name);
         assert_eq!(all(&h), ["a", "b"]);
     }
 }

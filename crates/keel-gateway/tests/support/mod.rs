@@ -202,7 +202,7 @@ pub async fn gateway(yaml: &str) -> Gw {
     ));
     std::fs::write(&file, yaml).unwrap();
     let config = GatewayConfig::load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
-    if let Err(e) = keel_gateway::Gateway::new(&config, Vec::new()) {
+    if let Err(e) = keel_gateway::check(&config) {
         panic!("{e}");
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
