@@ -105,6 +105,27 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
     },
+    /// Gateway: added latency, throughput and memory beside nginx proxying the same upstream.
+    Gateway {
+        /// Fixed request rate of the latency runs.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u32,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Connections of the saturation runs.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Directory for the generated nginx and route files.
+        #[arg(long, default_value = "target/keel-bench/gateway")]
+        dir: PathBuf,
+        /// The nginx binary (`apt-get install nginx-light`).
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: PathBuf,
+        /// The oha binary (`cargo install oha`).
+        #[arg(long, default_value = "oha")]
+        oha: PathBuf,
+    },
     /// Transactional outbox: commit → delivered at fixed commit rates, beside the commit itself.
     Outbox {
         /// The store: sqlite://path/file.db or postgres://…
@@ -188,6 +209,24 @@ fn main() -> ExitCode {
                 batch,
                 rate,
                 seconds,
+            })
+            .await
+            .map_err(anyhow::Error::msg),
+            Command::Bench(Bench::Gateway {
+                rate,
+                seconds,
+                connections,
+                dir,
+                nginx,
+                oha,
+            }) => keel_bench::gateway::run(keel_bench::gateway::Options {
+                self_exe: std::env::current_exe()?,
+                rate,
+                seconds,
+                connections,
+                dir,
+                nginx,
+                oha,
             })
             .await
             .map_err(anyhow::Error::msg),

@@ -2,6 +2,7 @@
 //! same run beside Keel's own figure, and ending with a one-line summary.
 
 pub mod bus;
+pub mod gateway;
 pub mod outbox;
 pub mod registry;
 pub mod saga;

@@ -31,7 +31,7 @@ use crate::{
     cors,
     exchange::Exchange,
     problem::{GatewayProblem, types},
-    route::{Route, RouteTable, Target},
+    route::{Matched, Route, RouteTable, Target},
 };
 
 /// Bodies up to this size are buffered so a retry can send them again.
@@ -156,6 +156,8 @@ impl RequestBody {
 pub(crate) struct Handled {
     pub(crate) response: Response<Body>,
     pub(crate) route: Option<Arc<str>>,
+    /// The trace this request belongs to (for the access log).
+    pub(crate) trace_id: String,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -227,12 +229,14 @@ impl Proxy {
             headers.insert(header::HOST, h.clone());
         }
         let deadline = Deadline::from_headers(&headers, Instant::now());
+        let trace = TraceContext::from_headers(&headers);
+        let trace_id = trace.trace_id_hex();
         let ex = Exchange {
             method: parts.method,
             version: parts.version,
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
-            trace: TraceContext::from_headers(&headers),
+            trace,
             headers,
             vars: Vec::new(),
             client,
@@ -251,7 +255,11 @@ impl Proxy {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(response.headers_mut(), false);
         }
-        Handled { response, route }
+        Handled {
+            response,
+            route,
+            trace_id,
+        }
     }
 
     /// Routes `ex` and answers it. `depth` counts internal forwards.
@@ -276,14 +284,23 @@ impl Proxy {
             let table = self.table.load();
             let cross_origin = depth == 0 && ex.headers.contains_key(header::ORIGIN);
             let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
-            let found = table.find(
-                &ex.method,
-                &ex.path,
-                ex.query.as_deref(),
-                &ex.headers,
-                ex.client.ip(),
-                preflight,
-            );
+            let found = table
+                .find(
+                    &ex.method,
+                    &ex.path,
+                    ex.query.as_deref(),
+                    &ex.headers,
+                    ex.client.ip(),
+                    preflight,
+                )
+                .or_else(|| {
+                    let locator = table.locator.as_ref()?;
+                    let services = self.balancer.as_ref()?.catalog().services();
+                    locator.route_for(&ex.path, &services).map(|route| Matched {
+                        route,
+                        vars: Vec::new(),
+                    })
+                });
             let cors_config = if cross_origin {
                 found
                     .as_ref()

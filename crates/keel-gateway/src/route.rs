@@ -278,6 +278,98 @@ impl Breakers {
     }
 }
 
+/// The discovery locator: a route `/{service}/**` → `lb://service` (prefix stripped) for every
+/// registered service, consulted when no route of the file matches.
+#[derive(Debug)]
+pub(crate) struct Locator {
+    lower_case: bool,
+    order: i32,
+    request_filters: Vec<Filter>,
+    response_filters: Vec<Filter>,
+    cache: Mutex<HashMap<String, Arc<Route>>>,
+}
+
+impl Locator {
+    fn build(config: &GatewayConfig) -> Result<Option<Self>, Problem> {
+        let l = &config.locator;
+        if !l.enabled {
+            return Ok(None);
+        }
+        if config.discovery.is_none() {
+            return Err(Problem::at(
+                "discovery.locator.enabled",
+                "the locator needs discovery settings (`gateway.discovery` or `eureka.client`)",
+            ));
+        }
+        let mut request_filters = vec![Filter::StripPrefix(1)];
+        let mut response_filters = Vec::new();
+        for (i, s) in l.filters.iter().enumerate() {
+            let field = format!("discovery.locator.filters[{i}]");
+            let f = Filter::build_basic(s)
+                .ok_or_else(|| Problem::at(field.clone(), unknown_filter(&s.name)))?
+                .map_err(|e| Problem::at(field, e))?;
+            match f.phase() {
+                Phase::Response => response_filters.push(f),
+                Phase::Request => request_filters.push(f),
+            }
+        }
+        Ok(Some(Self {
+            lower_case: l.lower_case_service_id,
+            order: l.order,
+            request_filters,
+            response_filters,
+            cache: Mutex::default(),
+        }))
+    }
+
+    /// The located route for `path`, when its first segment names a registered service.
+    pub(crate) fn route_for(&self, path: &str, services: &[String]) -> Option<Arc<Route>> {
+        let first = path.strip_prefix('/')?.split('/').next()?;
+        let name = if self.lower_case {
+            first.to_ascii_lowercase()
+        } else {
+            first.to_owned()
+        };
+        if name.is_empty() || !services.iter().any(|s| s.eq_ignore_ascii_case(&name)) {
+            return None;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cache.get(&name) {
+            return Some(r.clone());
+        }
+        let id = format!("locator:{name}");
+        let route = Arc::new(Route {
+            id: Arc::from(id.as_str()),
+            order: self.order,
+            target: Target::Lb {
+                service: name.to_ascii_lowercase(),
+            },
+            predicates: Vec::new(),
+            request_filters: self.request_filters.clone(),
+            response_filters: self.response_filters.clone(),
+            retry: None,
+            breaker: None,
+            connect_timeout: None,
+            response_timeout: None,
+            jwt: None,
+            rate_limit: None,
+            cors: None,
+            def: RouteDef {
+                id,
+                uri: Some(format!("lb://{name}")),
+                predicates: Vec::new(),
+                filters: Vec::new(),
+                order: self.order,
+                metadata: serde_json::Map::new(),
+                compose: None,
+            },
+        });
+        // Bounded by the number of registered services.
+        cache.insert(name, route.clone());
+        Some(route)
+    }
+}
+
 /// What compiled routes share beyond one table: breakers (kept across reloads), rate
 /// limiters and the JWT verifier.
 #[derive(Debug, Clone)]
@@ -321,6 +413,8 @@ pub(crate) struct RouteTable {
     groups: WeightGroups,
     /// Global CORS by path pattern.
     pub(crate) cors: GlobalCors,
+    /// The discovery locator, when enabled.
+    pub(crate) locator: Option<Locator>,
 }
 
 /// A matched route and what its predicates captured.
@@ -351,7 +445,10 @@ impl RouteTable {
         let cors = GlobalCors::build(&config.cors).map_err(|(field, message)| {
             Problem::at(field, message).into_load_error(config.file.as_deref())
         })?;
-        Ok(Self::from_routes(routes, cors))
+        let mut table = Self::from_routes(routes, cors);
+        table.locator =
+            Locator::build(config).map_err(|p| p.into_load_error(config.file.as_deref()))?;
+        Ok(table)
     }
 
     pub(crate) fn from_routes(mut routes: Vec<Arc<Route>>, cors: GlobalCors) -> Self {
@@ -372,6 +469,7 @@ impl RouteTable {
             routes,
             groups,
             cors,
+            locator: None,
         }
     }
 

@@ -37,6 +37,7 @@ use crate::{
     client::Clients,
     error::{Error, LoadError},
     limit::Limiters,
+    problem::{GatewayProblem, types},
     proxy::Proxy,
     route::{Breakers, RouteTable, Shared, needs_redis},
 };
@@ -64,6 +65,8 @@ pub struct Gateway {
     health: Health,
     admin_on_main: bool,
     admin: Router,
+    max_header_bytes: usize,
+    max_headers: usize,
     has_discovery: bool,
     last_error: Mutex<Option<String>>,
     _discovery: Option<Discovery>,
@@ -73,6 +76,8 @@ impl Gateway {
     /// Builds a gateway from `config` (routes compiled, discovery started, Redis connected
     /// when a route rate-limits there).
     pub async fn new(config: &GatewayConfig, profiles: Vec<String>) -> Result<Arc<Self>, Error> {
+        // Metrics need the process's Prometheus recorder (installed once).
+        let _ = keel_chassis::telemetry::prometheus();
         let breakers = Breakers::default();
         let mut limiters = Limiters {
             local: keel_ratelimit::RateLimiter::new(
@@ -121,6 +126,8 @@ impl Gateway {
             profiles,
             health,
             admin_on_main: config.admin.listen.is_none(),
+            max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
             has_discovery: discovery.is_some(),
             last_error: Mutex::new(None),
             _discovery: discovery,
@@ -185,6 +192,40 @@ impl Gateway {
             .clone()
     }
 
+    /// Enforces `server.max-header-bytes` and `server.max-headers` with a 431 problem (hyper's
+    /// own limits sit above these and answer without a body).
+    fn check_head(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let h = req.headers();
+        let bytes: usize = h
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri().to_string().len();
+        let detail = if h.len() > self.max_headers {
+            format!(
+                "{} request headers; at most {} are accepted",
+                h.len(),
+                self.max_headers
+            )
+        } else if bytes > self.max_header_bytes {
+            format!(
+                "the request head is {bytes} bytes; at most {} are accepted",
+                self.max_header_bytes
+            )
+        } else {
+            return None;
+        };
+        Some(
+            GatewayProblem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                types::HEADERS_TOO_LARGE,
+                detail,
+            )
+            .instance(req.uri().path())
+            .into_response(),
+        )
+    }
+
     /// Serves one connection's request.
     async fn serve_request(
         self: Arc<Self>,
@@ -195,6 +236,9 @@ impl Gateway {
         let path = req.uri().path();
         if self.admin_on_main && is_admin_path(path) {
             return admin_call(self.admin.clone(), req).await;
+        }
+        if let Some(res) = self.check_head(&req) {
+            return res;
         }
         let start = tokio::time::Instant::now();
         let method = req.method().clone();
@@ -225,6 +269,7 @@ impl Gateway {
                 status = status.as_u16(),
                 route = %route,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
+                trace_id = %out.trace_id,
                 "request"
             );
         }
@@ -374,6 +419,50 @@ async fn watch_file(gw: Arc<Gateway>, interval: Duration, stop: CancellationToke
     }
 }
 
+/// The TLS acceptor for `server.tls` (ALPN offers h2 when HTTP/2 is on).
+fn tls_acceptor(
+    t: &crate::config::TlsSettings,
+    http2: bool,
+) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.certificate)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            Error::Tls(format!(
+                "server.tls.certificate {}: {e}",
+                t.certificate.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "server.tls.certificate {}: no certificate in the file",
+            t.certificate.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.private_key).map_err(|e| {
+        Error::Tls(format!(
+            "server.tls.private-key {}: {e}",
+            t.private_key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(format!("server.tls: {e}")))?;
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Compiles `config`'s routes without serving them; returns how many there are. This is
 /// what start-up and reload check before a file is used.
 pub fn check(config: &GatewayConfig) -> Result<usize, LoadError> {
@@ -457,11 +546,10 @@ pub async fn serve_on(
     profiles: Vec<String>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
-    if config.server.tls.is_some() {
-        return Err(Error::Tls(
-            "TLS termination is not supported by this version of keel gateway; terminate TLS in front of it".into(),
-        ));
-    }
+    let tls = match &config.server.tls {
+        None => None,
+        Some(t) => Some(tls_acceptor(t, config.server.http2)?),
+    };
     let gw = Gateway::new(&config, profiles).await?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.server.listen,
@@ -490,8 +578,14 @@ pub async fn serve_on(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
-        .max_headers(config.server.max_headers)
-        .max_buf_size(config.server.max_header_bytes.max(8192));
+        .max_headers(config.server.max_headers.saturating_mul(2).max(100))
+        .max_buf_size(
+            config
+                .server
+                .max_header_bytes
+                .saturating_mul(4)
+                .max(64 * 1024),
+        );
     builder.http2().timer(TokioTimer::new());
     if !config.server.http2 {
         builder = builder.http1_only();
@@ -518,17 +612,42 @@ pub async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let secure = tls.is_some();
         let svc = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.serve_request(req, client, false).await) }
+            async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) =
+                    (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%client, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     gw.health.set_phase(Phase::Draining);
     drop(listener);

@@ -979,3 +979,148 @@ gateway:
     }
     assert_eq!(ok, 4, "the burst is shared by both gateways");
 }
+
+#[tokio::test]
+async fn terminates_tls() {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    };
+    let up = upstream("u").await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let gw = gateway(&format!(
+        "server:\n  tls:\n    certificate: {c}\n    private-key: {k}\ngateway:\n  routes:\n    - {{id: u, uri: '{url}', predicates: ['Path=/**']}}\n",
+        c = fixtures.join("cert.pem").display(),
+        k = fixtures.join("key.pem").display(),
+        url = up.url()
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(fixtures.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""x-forwarded-proto":"https""#), "{text}");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = client().get(gw.url("/secure")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+#[tokio::test]
+async fn discovery_locator_routes_by_service_name() {
+    let a = upstream("inventory").await;
+    let gw = gateway(&format!(
+        r#"
+spring.cloud.gateway:
+  discovery.locator:
+    enabled: true
+    lower-case-service-id: true
+gateway.discovery.services:
+  inventory: ["{a}"]
+"#,
+        a = a.url()
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client();
+    let res = c.get(gw.url("/INVENTORY/items/7")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["path"], "/items/7");
+    assert_eq!(v["headers"]["x-forwarded-prefix"], "/INVENTORY");
+    problem(c.get(gw.url("/unknown/x")).send().await.unwrap(), 404).await;
+}
+
+#[tokio::test]
+async fn oversized_heads_and_metrics() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        "server:\n  max-header-bytes: 2KB\ngateway:\n  routes:\n    - {{id: metered, uri: '{}', predicates: ['Path=/m/**']}}\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let p = problem(
+        c.get(gw.url("/m/x"))
+            .header("x-big", "b".repeat(4096))
+            .send()
+            .await
+            .unwrap(),
+        431,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("2048"), "{p}");
+    assert_eq!(c.get(gw.url("/m/x")).send().await.unwrap().status(), 200);
+    let text = c
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keel_gateway_requests_total")
+                && l.contains("route=\"metered\"")
+                && l.contains("status=\"200\"")),
+        "{text}"
+    );
+    assert!(text.contains("keel_gateway_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn h2c_upstreams() {
+    use hyper::{Response, service::service_fn};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = format!("{:?} {}", req.version(), req.uri().path());
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: grpcish, uri: 'h2c://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let text = client()
+        .get(gw.url("/svc/Method"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "HTTP/2.0 /svc/Method");
+}

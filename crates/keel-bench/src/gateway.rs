@@ -1,0 +1,360 @@
+//! `keel bench gateway`: the Keel gateway beside nginx, proxying the same fixed upstream with
+//! the same load generator (oha), each proxy pinned to one core (one nginx worker, one
+//! gateway worker thread) and the generator and upstream on the other. Measures added
+//! p50/p99 latency over direct at a fixed rate, saturated throughput and RSS under load, with
+//! a realistic route table (20 path routes, the measured one last, a circuit breaker on it,
+//! metrics on; access logs off on both).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `keel` executable (runs `keel gateway`).
+    pub self_exe: PathBuf,
+    /// Fixed request rate of the latency runs.
+    pub rate: u32,
+    /// Seconds per run.
+    pub seconds: u32,
+    /// Connections of the saturation runs.
+    pub connections: u32,
+    /// Working directory for generated configs.
+    pub dir: PathBuf,
+    /// The nginx binary.
+    pub nginx: PathBuf,
+    /// The oha binary.
+    pub oha: PathBuf,
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+const ROUTES: usize = 20;
+
+fn nginx_conf(dir: &Path, listen: u16, body: &str, cpu: &str) -> String {
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+worker_cpu_affinity {cpu};
+pid {dir}/nginx-{listen}.pid;
+error_log {dir}/nginx-{listen}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp-{listen};
+  proxy_temp_path {dir}/tmp-{listen};
+  fastcgi_temp_path {dir}/tmp-{listen};
+  uwsgi_temp_path {dir}/tmp-{listen};
+  scgi_temp_path {dir}/tmp-{listen};
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{listen};
+{body}
+  }}
+}}
+"#,
+        dir = dir.display()
+    )
+}
+
+/// The fixed upstream: a small JSON answer.
+fn upstream_conf(dir: &Path, port: u16) -> String {
+    nginx_conf(
+        dir,
+        port,
+        "    location / { default_type application/json; return 200 '{\"ok\":true,\"service\":\"bench\"}'; }",
+        "10",
+    )
+}
+
+fn nginx_proxy_conf(dir: &Path, port: u16, upstream: u16) -> String {
+    let mut body = String::new();
+    for i in 0..ROUTES - 1 {
+        body.push_str(&format!(
+            "    location /svc{i}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n"
+        ));
+    }
+    body.push_str(
+        "    location /bench/ { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }\n",
+    );
+    let conf = nginx_conf(dir, port, &body, "01");
+    conf.replacen(
+        "  server {",
+        &format!("  upstream up {{ server 127.0.0.1:{upstream}; keepalive 256; }}\n  server {{"),
+        1,
+    )
+}
+
+fn keel_routes(port: u16, upstream: u16) -> String {
+    let mut s = format!(
+        "server:\n  listen: 127.0.0.1:{port}\ngateway:\n  access-log: false\n  reload: {{ enabled: false }}\n  routes:\n"
+    );
+    for i in 0..ROUTES - 1 {
+        s.push_str(&format!(
+            "    - {{ id: svc{i}, uri: 'http://127.0.0.1:{upstream}', predicates: ['Path=/svc{i}/**'] }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "    - id: bench\n      uri: http://127.0.0.1:{upstream}\n      predicates: ['Path=/bench/**']\n      filters: [{{ name: CircuitBreaker, args: {{ name: bench }} }}]\n"
+    ));
+    s
+}
+
+async fn start(cmd: &mut Command) -> Result<Child, String> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))
+}
+
+async fn wait_port(port: u16) -> Result<(), String> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("nothing listens on port {port}"))
+}
+
+/// Stops an nginx started with `conf` when dropped (killing the master would orphan its worker).
+struct NginxGuard {
+    nginx: PathBuf,
+    conf: PathBuf,
+    _child: Child,
+}
+
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.nginx)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// One oha run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    success: f64,
+}
+
+async fn oha(
+    opts: &Options,
+    url: &str,
+    rate: Option<u32>,
+    connections: u32,
+) -> Result<Run, String> {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg("1").arg(&opts.oha);
+    cmd.args(["--no-tui", "--output-format", "json", "-z"])
+        .arg(format!("{}s", opts.seconds))
+        .arg("-c")
+        .arg(connections.to_string());
+    if let Some(q) = rate {
+        cmd.arg("-q").arg(q.to_string());
+    }
+    cmd.arg(url);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("cannot run oha ({}): {e}", opts.oha.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "oha failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cannot read oha's JSON: {e}"))?;
+    let pct = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1e3;
+    Ok(Run {
+        rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50_ms: pct("p50"),
+        p99_ms: pct("p99"),
+        success: v["summary"]["successRate"].as_f64().unwrap_or(0.0),
+    })
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// nginx's worker: the master's child.
+fn nginx_worker(master: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(opts: Options) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.dir).map_err(|e| e.to_string())?;
+    let dir = std::fs::canonicalize(&opts.dir).map_err(|e| e.to_string())?;
+    let (up, ng, kg) = (free_port()?, free_port()?, free_port()?);
+    for p in [up, ng] {
+        std::fs::create_dir_all(dir.join(format!("tmp-{p}"))).map_err(|e| e.to_string())?;
+    }
+    let write = |name: &str, text: String| -> Result<PathBuf, String> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| e.to_string())?;
+        Ok(p)
+    };
+    let up_conf = write("upstream.conf", upstream_conf(&dir, up))?;
+    let ng_conf = write("nginx.conf", nginx_proxy_conf(&dir, ng, up))?;
+    let kg_conf = write("routes.yaml", keel_routes(kg, up))?;
+
+    println!(
+        "keel bench gateway: {ROUTES} routes (the measured one last, with a breaker), {} s per run, {} req/s fixed, {} connections saturated",
+        opts.seconds, opts.rate, opts.connections
+    );
+    println!(
+        "  proxies pinned to core 0 (one nginx worker / one gateway worker thread); oha and the upstream on core 1"
+    );
+    let _upstream = NginxGuard {
+        _child: start(
+            Command::new("taskset")
+                .args(["-c", "1"])
+                .arg(&opts.nginx)
+                .arg("-c")
+                .arg(&up_conf),
+        )
+        .await?,
+        nginx: opts.nginx.clone(),
+        conf: up_conf.clone(),
+    };
+    let nginx = NginxGuard {
+        _child: start(Command::new(&opts.nginx).arg("-c").arg(&ng_conf)).await?,
+        nginx: opts.nginx.clone(),
+        conf: ng_conf.clone(),
+    };
+    let keel = start(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&opts.self_exe)
+            .args(["gateway", "--workers", "1", "--config"])
+            .arg(&kg_conf)
+            .env("KEEL_LOG", "warn"),
+    )
+    .await?;
+    for p in [up, ng, kg] {
+        wait_port(p).await?;
+    }
+    let direct_url = format!("http://127.0.0.1:{up}/bench/orders");
+    let nginx_url = format!("http://127.0.0.1:{ng}/bench/orders");
+    let keel_url = format!("http://127.0.0.1:{kg}/bench/orders");
+    // Warm up pools and caches.
+    for u in [&direct_url, &nginx_url, &keel_url] {
+        let mut short = opts.clone();
+        short.seconds = 1;
+        oha(&short, u, None, 16).await?;
+    }
+    let direct = oha(&opts, &direct_url, Some(opts.rate), 50).await?;
+    let ng_fixed = oha(&opts, &nginx_url, Some(opts.rate), 50).await?;
+    let kg_fixed = oha(&opts, &keel_url, Some(opts.rate), 50).await?;
+    let ng_sat = oha(&opts, &nginx_url, None, opts.connections).await?;
+    let kg_sat = oha(&opts, &keel_url, None, opts.connections).await?;
+    let keel_rss = keel.id().map_or(f64::NAN, rss_mib);
+    let nginx_rss = nginx
+        ._child
+        .id()
+        .and_then(nginx_worker)
+        .map_or(f64::NAN, rss_mib);
+
+    let added = |r: &Run| (r.p50_ms - direct.p50_ms, r.p99_ms - direct.p99_ms);
+    let (ng50, ng99) = added(&ng_fixed);
+    let (kg50, kg99) = added(&kg_fixed);
+    println!();
+    println!(
+        "  {:<8} {:>10} {:>10} {:>13} {:>13} {:>12} {:>10} {:>9}",
+        "", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "sat. req/s", "RSS MiB", "success"
+    );
+    println!(
+        "  {:<8} {:>10.3} {:>10.3} {:>13} {:>13} {:>12} {:>10} {:>9.3}",
+        "direct", direct.p50_ms, direct.p99_ms, "-", "-", "-", "-", direct.success
+    );
+    println!(
+        "  {:<8} {:>10.3} {:>10.3} {:>13.3} {:>13.3} {:>12.0} {:>10.1} {:>9.3}",
+        "nginx",
+        ng_fixed.p50_ms,
+        ng_fixed.p99_ms,
+        ng50,
+        ng99,
+        ng_sat.rps,
+        nginx_rss,
+        ng_sat.success.min(ng_fixed.success)
+    );
+    println!(
+        "  {:<8} {:>10.3} {:>10.3} {:>13.3} {:>13.3} {:>12.0} {:>10.1} {:>9.3}",
+        "keel",
+        kg_fixed.p50_ms,
+        kg_fixed.p99_ms,
+        kg50,
+        kg99,
+        kg_sat.rps,
+        keel_rss,
+        kg_sat.success.min(kg_fixed.success)
+    );
+    let p99_ratio = kg99 / ng99.max(1e-6);
+    let rps_ratio = kg_sat.rps / ng_sat.rps.max(1e-6);
+    println!();
+    println!(
+        "  acceptance: added p99 {:.2}× nginx's (≤ 1.2), throughput {:.2}× nginx's (≥ 0.8), RSS {:.1} MiB (≤ 32)",
+        p99_ratio, rps_ratio, keel_rss
+    );
+    println!(
+        "summary: keel added p99 {kg99:.3} ms vs nginx {ng99:.3} ms ({p99_ratio:.2}×); saturated {:.0} vs {:.0} req/s ({rps_ratio:.2}×); keel RSS {keel_rss:.1} MiB",
+        kg_sat.rps, ng_sat.rps
+    );
+    drop(keel);
+    drop(nginx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_have_twenty_routes_with_the_measured_one_last() {
+        let dir = Path::new("/tmp/x");
+        let ng = nginx_proxy_conf(dir, 1, 2);
+        assert_eq!(ng.matches("location /").count(), ROUTES);
+        assert!(ng.contains("upstream up { server 127.0.0.1:2; keepalive"));
+        let k = keel_routes(1, 2);
+        assert_eq!(
+            k.matches("- { id: svc").count() + k.matches("- id: bench").count(),
+            ROUTES
+        );
+        assert!(k.trim_end().ends_with("name: bench } }]"));
+    }
+}
