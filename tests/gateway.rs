@@ -19,7 +19,12 @@ async fn a_bad_route_file_stops_start_up_with_the_route_named() {
     )
     .unwrap();
     let out = keel()
-        .args(["gateway", "--listen", &format!("127.0.0.1:{}", free_port()), "--config"])
+        .args([
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--config",
+        ])
         .arg(&file)
         .output()
         .await
@@ -45,7 +50,12 @@ async fn proxies_to_a_greeter_process_and_drains_on_sigterm() {
     let greeter_port = free_port();
     let mut greeter = Proc::spawn({
         let mut c = keel();
-        c.args(["example", "greeter", "--listen", &format!("127.0.0.1:{greeter_port}")]);
+        c.args([
+            "example",
+            "greeter",
+            "--listen",
+            &format!("127.0.0.1:{greeter_port}"),
+        ]);
         c
     });
     wait_healthy(
@@ -66,8 +76,13 @@ async fn proxies_to_a_greeter_process_and_drains_on_sigterm() {
     let port = free_port();
     let mut gw = Proc::spawn({
         let mut c = keel();
-        c.args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&file);
+        c.args([
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&file);
         c
     });
     wait_healthy(
