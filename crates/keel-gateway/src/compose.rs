@@ -142,9 +142,13 @@ impl Proxy {
         c: &Composition,
         ex: &Exchange,
     ) -> Response<Body> {
-        let overall = c.timeout;
+        let overall = tokio::time::Instant::now() + c.timeout;
         let calls = c.parts.iter().map(|p| async move {
-            let limit = p.timeout.map_or(overall, |t| t.min(overall));
+            // One deadline per part, within the composition's: head and body together.
+            let deadline = p
+                .timeout
+                .map_or(overall, |t| (tokio::time::Instant::now() + t).min(overall));
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut px = crate::proxy::ex_clone(ex);
             let path_and_query = p.path.expand(&ex.vars);
             let (path, query) = match path_and_query.split_once('?') {
@@ -176,8 +180,8 @@ impl Proxy {
                     PartResult::Failed(format!("answered {}", res.status()))
                 }
                 Ok(res) => {
-                    let body = tokio::time::timeout(
-                        limit,
+                    let body = tokio::time::timeout_at(
+                        deadline,
                         Limited::new(res.into_body(), PART_LIMIT).collect(),
                     )
                     .await;

@@ -139,6 +139,9 @@ impl GlobalCors {
             let config = CorsConfig::build(v).map_err(|e| (field, e))?;
             out.push((pattern, config));
         }
+        // The file's order is not kept by the parser, so the most specific pattern (longest
+        // literal prefix) is tried first and `/**` last.
+        out.sort_by_key(|(p, _)| std::cmp::Reverse(p.literal_prefix().len()));
         Ok(Self(out))
     }
 
@@ -148,6 +151,29 @@ impl GlobalCors {
             .find(|(p, _)| p.is_match(path))
             .map(|(_, c)| c)
     }
+}
+
+/// Whether the request is cross-origin: it has an `Origin` that differs from the scheme and
+/// host it was sent to (Spring's `CorsUtils.isCorsRequest` plus its same-origin check).
+pub(crate) fn is_cross_origin(headers: &HeaderMap, secure: bool) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let scheme = if secure { "https" } else { "http" };
+    let default_port = if secure { ":443" } else { ":80" };
+    let same = |o: &str| {
+        o.strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            .is_some_and(|rest| {
+                rest.eq_ignore_ascii_case(host)
+                    || rest.eq_ignore_ascii_case(host.trim_end_matches(default_port))
+                    || format!("{rest}{default_port}").eq_ignore_ascii_case(host)
+            })
+    };
+    !same(origin)
 }
 
 /// Whether this is a CORS preflight.
@@ -356,6 +382,38 @@ mod tests {
                 "{origin} {method} {hdr}"
             );
         }
+    }
+
+    #[test]
+    fn same_origin_is_not_cors() {
+        assert!(!is_cross_origin(
+            &hm(&[("origin", "http://gw:8080"), ("host", "gw:8080")]),
+            false
+        ));
+        assert!(!is_cross_origin(
+            &hm(&[("origin", "https://gw"), ("host", "gw:443")]),
+            true
+        ));
+        assert!(is_cross_origin(
+            &hm(&[("origin", "https://gw:8080"), ("host", "gw:8080")]),
+            false
+        ));
+        assert!(is_cross_origin(
+            &hm(&[("origin", "http://app"), ("host", "gw")]),
+            false
+        ));
+        assert!(!is_cross_origin(&hm(&[("host", "gw")]), false));
+    }
+
+    #[test]
+    fn specific_patterns_first() {
+        let g = GlobalCors::build(&[
+            ("/**".to_owned(), json!({"allowedOrigins": "*"})),
+            ("/api/**".to_owned(), json!({"allowedOrigins": "https://a"})),
+        ])
+        .unwrap();
+        assert!(!g.find("/api/x").unwrap().any_origin);
+        assert!(g.find("/other").unwrap().any_origin);
     }
 
     #[test]

@@ -32,12 +32,14 @@ pub(crate) mod types {
 #[derive(Debug)]
 pub(crate) struct GatewayProblem {
     problem: Problem,
+    has_trace: bool,
 }
 
 impl GatewayProblem {
     pub(crate) fn new(status: StatusCode, type_: &str, detail: impl Into<String>) -> Self {
         Self {
             problem: Problem::new(status).with_type(type_).with_detail(detail),
+            has_trace: false,
         }
     }
 
@@ -53,6 +55,7 @@ impl GatewayProblem {
 
     pub(crate) fn trace(mut self, trace_id: String) -> Self {
         self.problem = self.problem.with_extension("traceId", trace_id);
+        self.has_trace = true;
         self
     }
 
@@ -61,8 +64,15 @@ impl GatewayProblem {
         self
     }
 
+    /// The response; carries `traceId` when the request's trace context is in scope.
     pub(crate) fn into_response(self) -> Response<Body> {
-        problem_response(&self.problem)
+        let p = match keel_chassis::trace_context::current() {
+            Some(cx) if !self.has_trace => {
+                self.problem.with_extension("traceId", cx.trace_id_hex())
+            }
+            _ => self.problem,
+        };
+        problem_response(&p)
     }
 }
 

@@ -249,9 +249,12 @@ impl Proxy {
             deadline,
             forwards: 0,
         };
-        let (mut response, route) = self
-            .dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade)
-            .await;
+        let trace = ex.trace.clone();
+        let (mut response, route) = keel_chassis::trace_context::scope(
+            trace,
+            self.dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade),
+        )
+        .await;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(response.headers_mut(), false);
         }
@@ -265,7 +268,7 @@ impl Proxy {
     /// Routes `ex` and answers it. `depth` counts internal forwards.
     fn dispatch<'a>(
         &'a self,
-        mut ex: Exchange,
+        ex: Exchange,
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -282,7 +285,7 @@ impl Proxy {
                 return (res, None);
             }
             let table = self.table.load();
-            let cross_origin = depth == 0 && ex.headers.contains_key(header::ORIGIN);
+            let cross_origin = depth == 0 && cors::is_cross_origin(&ex.headers, ex.secure);
             let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
             let found = table
                 .find(
@@ -323,6 +326,27 @@ impl Proxy {
                 }
             }
             let origin = ex.headers.get(header::ORIGIN).cloned();
+            drop(table);
+            let (mut res, id) = self
+                .route_matched(ex, found, body, depth, client_upgrade)
+                .await;
+            if let (Some(c), Some(origin)) = (&cors_config, &origin) {
+                cors::decorate(c, origin, &mut res);
+            }
+            (res, id)
+        })
+    }
+
+    /// Answers `ex` with the route found for it (or 404).
+    async fn route_matched(
+        &self,
+        mut ex: Exchange,
+        found: Option<Matched>,
+        body: Option<Body>,
+        depth: u8,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (Response<Body>, Option<Arc<str>>) {
+        {
             let Some(m) = found else {
                 let res = GatewayProblem::new(
                     StatusCode::NOT_FOUND,
@@ -334,7 +358,6 @@ impl Proxy {
                 .into_response();
                 return (res, None);
             };
-            drop(table);
             let route = m.route;
             ex.vars = m.vars;
             ex.forwards = depth;
@@ -376,11 +399,8 @@ impl Proxy {
             if let Some(d) = &limited {
                 crate::limit::add_headers(d, &mut res);
             }
-            if let (Some(c), Some(origin)) = (&cors_config, &origin) {
-                cors::decorate(c, origin, &mut res);
-            }
             (res, Some(id))
-        })
+        }
     }
 
     /// Calls the route's upstream with its retry and breaker policies.
@@ -653,9 +673,13 @@ impl Proxy {
         let client_ip = ex.client.ip().to_string();
         if self.forwarded.x_forwarded {
             append_list(&mut headers, "x-forwarded-for", &client_ip);
-            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            append_list(&mut headers, "x-forwarded-proto", proto);
             if let Some(h) = &ex.host {
-                headers.insert("x-forwarded-host", h.clone());
+                append_list(
+                    &mut headers,
+                    "x-forwarded-host",
+                    h.to_str().unwrap_or_default(),
+                );
                 let port = h
                     .to_str()
                     .ok()
@@ -663,7 +687,7 @@ impl Proxy {
                     .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
                     .map(|(_, p)| p.to_owned())
                     .unwrap_or_else(|| if ex.secure { "443" } else { "80" }.to_owned());
-                headers.insert("x-forwarded-port", header_value(&port));
+                append_list(&mut headers, "x-forwarded-port", &port);
             }
             if let Some(prefix) = &ex.prefix {
                 headers.insert("x-forwarded-prefix", header_value(prefix));

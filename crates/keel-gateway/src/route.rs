@@ -131,19 +131,25 @@ impl RetryPolicy {
                 .map_err(|_| format!("`retries` must be a whole number, got {s:?}"))?,
             None => 3,
         };
-        let mut statuses = spec::status_set(&a.list(usize::MAX, "statuses"))?;
-        let series = a.list(usize::MAX, "series");
-        let series_set = if series.is_empty() && statuses.is_empty() {
-            StatusSet::range(500, 599)
-        } else {
-            spec::status_set(&series)?
+        // Spring's shortcut: Retry=retries, statuses, methods, firstBackoff, maxBackoff, factor.
+        let one_or_list = |idx: usize, name: &str| -> Result<Vec<String>, String> {
+            match a.get(usize::MAX, name) {
+                Some(_) => Ok(a.list(usize::MAX, name)),
+                None => Ok(a.string(idx, name)?.into_iter().collect()),
+            }
+        };
+        let mut statuses = spec::status_set(&one_or_list(1, "statuses")?)?;
+        // As in Spring, the `series` default (SERVER_ERROR) applies unless `series` is set.
+        let series_set = match a.get(usize::MAX, "series") {
+            None => StatusSet::range(500, 599),
+            Some(_) => spec::status_set(&a.list(usize::MAX, "series"))?,
         };
         for code in 100..=999u16 {
             if series_set.contains(code) {
                 statuses.insert(code);
             }
         }
-        let methods = match a.list(usize::MAX, "methods") {
+        let methods = match one_or_list(2, "methods")? {
             m if m.is_empty() => vec![Method::GET],
             m => m
                 .iter()
@@ -178,7 +184,27 @@ impl RetryPolicy {
                     u32::try_from(factor).unwrap_or(u32::MAX).max(1),
                 )
             }
-            _ => (None, Duration::ZERO, 1),
+            _ => match a.string(3, "first_backoff")? {
+                None => (None, Duration::ZERO, 1),
+                Some(first) => {
+                    let first = spec::parse_duration(&first)?;
+                    let max = a
+                        .string(4, "max_backoff")?
+                        .map(|m| spec::parse_duration(&m))
+                        .transpose()?
+                        .unwrap_or(first * 10)
+                        .max(first);
+                    let factor = a
+                        .string(5, "factor")?
+                        .map(|f| {
+                            f.parse::<u32>()
+                                .map_err(|_| format!("`factor` must be a whole number, got {f:?}"))
+                        })
+                        .transpose()?
+                        .unwrap_or(2);
+                    (Some(first), max, factor.max(1))
+                }
+            },
         };
         Ok(Self {
             retries,
@@ -215,7 +241,7 @@ pub(crate) struct BreakerPolicy {
     pub(crate) breaker: CircuitBreaker,
     /// Where to go when the breaker is open or the call fails: `forward:/path`.
     pub(crate) fallback: Option<String>,
-    /// Upstream statuses that count as failures (and go to the fallback). Default: 5xx.
+    /// Upstream statuses that count as failures (and go to the fallback). Default: none.
     pub(crate) failure_statuses: StatusSet,
     /// The breaker's time limit (resilience4j's `timelimiter`), if configured.
     pub(crate) time_limit: Option<Duration>,
@@ -665,12 +691,9 @@ fn breaker_policy(
             return Err(format!("`fallbackUri` must be `forward:/path`, got {f:?}"));
         }
     };
-    let codes = a.list(usize::MAX, "status_codes");
-    let failure_statuses = if codes.is_empty() {
-        StatusSet::range(500, 599)
-    } else {
-        spec::status_set(&codes)?
-    };
+    // As in Spring, an answer (whatever its status) is a success unless `statusCodes` names
+    // its status; errors and timeouts are failures.
+    let failure_statuses = spec::status_set(&a.list(usize::MAX, "status_codes"))?;
     let breaker = breakers.get(&name, config)?;
     Ok(BreakerPolicy {
         breaker,

@@ -395,7 +395,11 @@ async fn circuit_breakers(State(gw): State<Weak>) -> axum::response::Response {
         .all()
         .into_iter()
         .map(|(name, b)| {
-            json!({ "name": name, "state": format!("{:?}", b.state()), "snapshot": format!("{:?}", b.snapshot()) })
+            let mut v = serde_json::to_value(b.snapshot()).unwrap_or(Value::Null);
+            if let Some(m) = v.as_object_mut() {
+                m.insert("name".into(), Value::String(name));
+            }
+            v
         })
         .collect();
     Json(list).into_response()
@@ -598,9 +602,20 @@ pub async fn serve_on(
         "keel gateway listening"
     );
     let graceful = GracefulShutdown::new();
+    // On stop, readiness turns DOWN at once; the listener keeps accepting for the drain
+    // delay (so load balancers see DOWN before connections are refused), then closes.
+    let closing = {
+        let (stop, health, delay) = (stop.clone(), gw.health.clone(), config.server.drain_delay);
+        async move {
+            stop.cancelled().await;
+            health.set_phase(Phase::Draining);
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::pin!(closing);
     loop {
         let (stream, client) = tokio::select! {
-            () = stop.cancelled() => break,
+            () = &mut closing => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -649,9 +664,7 @@ pub async fn serve_on(
             }
         }
     }
-    gw.health.set_phase(Phase::Draining);
     drop(listener);
-    tokio::time::sleep(config.server.drain_delay).await;
     if tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
         .await
         .is_err()

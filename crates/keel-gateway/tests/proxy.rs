@@ -289,6 +289,10 @@ gateway:
             retries: 3
             statuses: SERVICE_UNAVAILABLE
             backoff: {{ firstBackoff: 10ms, maxBackoff: 50ms, factor: 2 }}
+    - id: short
+      uri: {url}
+      predicates: [Path=/short/**]
+      filters: [StripPrefix=1, "Retry=2, SERVICE_UNAVAILABLE, POST, 5ms, 20ms, 2"]
 "#,
         url = up.url()
     ))
@@ -304,6 +308,9 @@ gateway:
     // POST is not retried by default.
     let res = c.post(gw.url("/flaky/c/1")).send().await.unwrap();
     assert_eq!(res.status(), 503);
+    // Spring's shortcut form: retries, statuses, methods, firstBackoff, maxBackoff, factor.
+    let res = c.post(gw.url("/short/flaky/d/2")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 #[tokio::test]
@@ -322,10 +329,17 @@ gateway:
             name: orders
             fallbackUri: forward:/fallback
             statusCodes: [500, BAD_GATEWAY]
+    - id: plain
+      uri: {url}
+      predicates: [Path=/plain/**]
+      filters: [StripPrefix=1, "CircuitBreaker=plain"]
     - id: fallback
       uri: no://op
       predicates: [Path=/fallback]
       filters: ["SetStatus=503", "AddResponseHeader=X-Fallback, yes"]
+resilience4j.circuitbreaker.instances.plain:
+  slidingWindowSize: 4
+  minimumNumberOfCalls: 4
 resilience4j.circuitbreaker.instances.orders:
   slidingWindowSize: 4
   minimumNumberOfCalls: 4
@@ -356,13 +370,18 @@ resilience4j.circuitbreaker.instances.orders:
         .await
         .unwrap();
     assert_eq!(routes[0]["name"], "orders");
-    assert_eq!(routes[0]["state"], "Open");
+    assert_eq!(routes[0]["state"], "OPEN");
     // After the wait, a trial call goes through and closes it.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let res = c.get(gw.url("/status/200")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let res = c.get(gw.url("/status/201")).send().await.unwrap();
     assert_eq!(res.status(), 201);
+    // Without statusCodes an answer is a success whatever its status, as in Spring.
+    for _ in 0..6 {
+        let res = c.get(gw.url("/plain/status/500")).send().await.unwrap();
+        assert_eq!(res.status(), 500);
+    }
 }
 
 #[tokio::test]
