@@ -1,18 +1,20 @@
 //! `keel bench saga --store <url> --bus <url>`: completed three-step sagas per second, and
 //! in the same run the bound: the store's measured commit rate divided by the commits one
 //! saga needs. Every service has its own database (separate SQLite files next to the given
-//! one, or separate schemas on the given PostgreSQL), as in production.
+//! one, or separate databases on the given PostgreSQL server — not schemas of one
+//! database: the outbox relay's leadership lock is per database), as in production.
+//! Completions are taken from the orchestrator's in-process `ended()` notifications, so
+//! the benchmark adds no queries of its own to the store it measures.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use keel_messaging::{Inbox, Outbox, Subscription};
-use keel_saga::{
-    Command, CommandError, Orchestrator, SagaDefinition, SagaState, Step, command_handler,
-};
-use keel_store::{Backend, Migration, Store};
+use keel_saga::{Command, CommandError, Orchestrator, SagaDefinition, Step, command_handler};
+use keel_store::{Migration, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -61,22 +63,50 @@ async fn store_for(opts: &Options, service: &str, tag: &str) -> Result<Store, St
         let admin = Store::connect_with(&opts.store, 1)
             .await
             .map_err(|e| e.to_string())?;
-        let schema = format!("keel_bench_{tag}_{}", service.replace('-', "_"));
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        let db = pg_database(service, tag);
+        // The name is built from the process id and a fixed service name, never from input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(admin.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        admin.close().await;
+        Store::connect_with(&with_database(&opts.store, &db)?, 16)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn pg_database(service: &str, tag: &str) -> String {
+    format!("keel_bench_{tag}_{}", service.replace('-', "_"))
+}
+
+/// `postgres://user@host:port/db?params` with `db` replaced.
+fn with_database(url: &str, db: &str) -> Result<String, String> {
+    let scheme_end = url.find("://").ok_or("bad PostgreSQL URL")? + 3;
+    let (base, params) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    Ok(format!("{}/{db}{params}", &base[..host_end]))
+}
+
+/// Drops the per-service PostgreSQL databases.
+async fn drop_databases(opts: &Options, tag: &str) {
+    let Ok(admin) = Store::connect_with(&opts.store, 1).await else {
+        return;
+    };
+    for service in ["order", "a", "b", "c"] {
+        let db = pg_database(service, tag);
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
         )))
         .execute(admin.pool())
-        .await
-        .map_err(|e| e.to_string())?;
-        admin.close().await;
-        let sep = if opts.store.contains('?') { '&' } else { '?' };
-        Store::connect_with(
-            &format!("{}{sep}options=-c%20search_path%3D{schema}", opts.store),
-            16,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        .await;
     }
+    admin.close().await;
 }
 
 /// Sequential single-row insert transactions: the store's commit rate.
@@ -103,11 +133,25 @@ async fn commit_rate(store: &Store, seconds: f64) -> Result<f64, String> {
 /// Runs the benchmark and prints the report.
 pub async fn run(opts: Options) -> Result<(), String> {
     let tag = format!("{:x}", std::process::id());
+    let result = measure(&opts, &tag).await;
+    if opts.store.starts_with("sqlite:") {
+        let base = opts.store.trim_start_matches("sqlite://");
+        if let Some(dir) = std::path::Path::new(base).parent() {
+            let _ = std::fs::remove_dir_all(dir.join(format!("saga-bench-{tag}")));
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(200)).await; // the relays let go
+        drop_databases(&opts, &tag).await;
+    }
+    result
+}
+
+async fn measure(opts: &Options, tag: &str) -> Result<(), String> {
     let bus = keel_bus::connect(&opts.bus)
         .await
         .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    let order = store_for(&opts, "order", &tag).await?;
+    let order = store_for(opts, "order", tag).await?;
     println!(
         "keel bench saga: {} three-step sagas, {} in flight, store {:?}, bus {}",
         opts.sagas,
@@ -129,7 +173,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     }
     let mut consumers = Vec::new();
     for p in ["a", "b", "c"] {
-        let store = store_for(&opts, p, &tag).await?;
+        let store = store_for(opts, p, tag).await?;
         store
             .migrate("bench", TABLES)
             .await
@@ -173,53 +217,64 @@ pub async fn run(opts: Options) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
 
+    // In flight: saga id → (start time, its concurrency permit). The orchestrator says when
+    // each saga ended (after the ending transaction committed); at most `concurrency`
+    // notifications are ever unread, well within the channel's 1024.
+    type InFlight = HashMap<String, (Instant, tokio::sync::OwnedSemaphorePermit)>;
+    let in_flight: Arc<Mutex<InFlight>> = Arc::default();
     let durations: Arc<Mutex<Samples>> = Arc::default();
+    let (all_done, mut done_rx) = tokio::sync::watch::channel(0usize);
+    let mut ended = orch.ended();
+    let waiter = tokio::spawn({
+        let (in_flight, durations) = (in_flight.clone(), durations.clone());
+        async move {
+            loop {
+                match ended.recv().await {
+                    Ok((id, _state)) => {
+                        if let Some((t0, permit)) = in_flight.lock().unwrap().remove(&id) {
+                            let mut d = durations.lock().unwrap();
+                            d.push(t0.elapsed());
+                            let _ = all_done.send(d.len());
+                            drop(permit);
+                        }
+                    }
+                    Err(e) => return Err::<(), String>(format!("saga notifications: {e}")),
+                }
+            }
+        }
+    });
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let start = Instant::now();
-    let mut ids = Vec::with_capacity(opts.sagas);
     for n in 0..opts.sagas {
         let permit = permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
         let mut tx = order.begin().await.map_err(|e| e.to_string())?;
         let id = orch
             .start(&mut tx, Data { n })
             .await
             .map_err(|e| e.to_string())?;
+        // Registered before the commit: no reply can end the saga before it is known.
+        in_flight.lock().unwrap().insert(id, (t0, permit));
         tx.commit().await.map_err(|e| e.to_string())?;
-        ids.push(id.clone());
-        let (order, durations) = (order.clone(), durations.clone());
-        let t0 = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                let state: Option<(String,)> =
-                    sqlx::query_as("SELECT state FROM keel_sagas WHERE id = $1")
-                        .bind(&id)
-                        .fetch_optional(order.pool())
-                        .await
-                        .ok()
-                        .flatten();
-                if state
-                    .as_ref()
-                    .and_then(|s| SagaState::parse(&s.0))
-                    .is_some_and(SagaState::is_final)
-                {
-                    durations.lock().unwrap().push(t0.elapsed());
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            drop(permit);
+    }
+    let finished = tokio::time::timeout(
+        Duration::from_secs(600),
+        done_rx.wait_for(|n| *n >= opts.sagas),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !finished {
+        waiter.abort();
+        return Err(match waiter.await {
+            Ok(Err(e)) => e,
+            _ => "sagas did not finish within 600 s".into(),
         });
     }
-    while durations.lock().unwrap().len() < opts.sagas {
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err("sagas did not finish within 600 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    waiter.abort();
     let elapsed = start.elapsed();
     let completed: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM keel_sagas WHERE state = 'COMPLETED' AND saga_type = $1",
@@ -251,11 +306,5 @@ pub async fn run(opts: Options) -> Result<(), String> {
         per_s / bound.max(1e-9),
         bound
     );
-    if order.backend() == Backend::Sqlite {
-        let base = opts.store.trim_start_matches("sqlite://");
-        if let Some(dir) = std::path::Path::new(base).parent() {
-            let _ = std::fs::remove_dir_all(dir.join(format!("saga-bench-{tag}")));
-        }
-    }
     Ok(())
 }

@@ -267,7 +267,8 @@ impl<D: SagaData> SagaDefinition<D> {
     }
 
     /// Checks the structure: at most one pivot; every step after it retriable; retriable
-    /// steps only after a pivot (or with no compensatable step after them); names unique.
+    /// steps only after the pivot (or, in a saga without one, with no compensatable step
+    /// after them: the retriable steps always end the saga); names unique.
     pub fn validate(&self) -> Result<(), DefinitionError> {
         let err = |step: &str, problem: &str| DefinitionError {
             saga: self.name.clone(),
@@ -279,14 +280,27 @@ impl<D: SagaData> SagaDefinition<D> {
             return Err(err("", "a saga needs at least one step"));
         }
         let mut seen_pivot = false;
+        // The first retriable step seen: nothing but retriable steps may follow it.
+        let mut retriable: Option<&str> = None;
         let mut names = std::collections::HashSet::new();
         for s in &self.steps {
             if !names.insert(&s.name) {
                 return Err(err(&s.name, "step names must be unique"));
             }
+            if let Some(r) = retriable
+                && s.kind != StepKind::Retriable
+            {
+                return Err(err(
+                    r,
+                    "retriable steps come after the pivot: only retriable steps may follow one",
+                ));
+            }
             match s.kind {
                 StepKind::Pivot if seen_pivot => return Err(err(&s.name, "only one pivot step")),
                 StepKind::Pivot => seen_pivot = true,
+                StepKind::Retriable => {
+                    retriable.get_or_insert(&s.name);
+                }
                 StepKind::Compensatable if seen_pivot => {
                     return Err(err(&s.name, "steps after the pivot must be retriable"));
                 }

@@ -15,6 +15,8 @@ mod schema;
 
 pub use choreography::react;
 pub use definition::{Command, DefinitionError, Reply, SagaData, SagaDefinition, Step, StepKind};
-pub use orchestrator::{Orchestrator, REPLY_OUTCOME, SAGA_ID, SAGA_TYPE, SagaError, SagaState};
-pub use participant::{CommandError, command_handler};
+pub use orchestrator::{
+    Orchestrator, REPLY_OUTCOME, SAGA_ID, SAGA_TYPE, SagaError, SagaState, command_id,
+};
+pub use participant::{CommandError, command_handler, prune_replies};
 pub use query::{SagaDetail, SagaEvent, SagaSummary};

@@ -112,6 +112,8 @@ struct Instance<D> {
     state: SagaState,
     step: usize,
     attempt: u32,
+    /// The current step's send round (see [`command_id`]).
+    round: u32,
     completed: Vec<usize>,
     data: D,
     awaiting: Option<String>,
@@ -149,10 +151,52 @@ struct Inner<D> {
     reply_to: String,
     consumer_name: String,
     group: String,
+    ended: tokio::sync::broadcast::Sender<(String, SagaState)>,
 }
 
 fn backoff(attempt: u32) -> i64 {
     (200_i64 << attempt.min(6)).min(10_000)
+}
+
+/// The message id of the command a saga sends for `step` in direction `dir` (`f`orward or
+/// `c`ompensation) in send round `round`. Deterministic: a resend after a timeout carries
+/// the same id as the first send, so the participant's inbox recognises a command it has
+/// already applied (and the participant helper answers it again with the stored reply)
+/// instead of applying it twice. The round changes only when the step is retried after a
+/// failure — that is a new command.
+pub fn command_id(saga_id: &str, step: usize, dir: char, round: u32) -> String {
+    format!("{saga_id}-{step}-{dir}-{round}")
+}
+
+const SAVEPOINT: &str = "SAVEPOINT keel_saga_local";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT keel_saga_local";
+const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT keel_saga_local";
+
+/// Runs a local step or compensation inside a savepoint of `tx`: when it returns `Err`,
+/// its writes are rolled back (the rest of the transaction — the saga's own bookkeeping —
+/// goes on) and the data is restored to what it was before. On PostgreSQL this also
+/// clears the "transaction aborted" state a failed statement leaves behind.
+async fn run_local<D: SagaData>(
+    tx: &mut Tx,
+    f: &crate::definition::LocalFn<D>,
+    data: &mut D,
+) -> Result<Result<(), String>, SagaError> {
+    sqlx::query(SAVEPOINT).execute(tx.conn()).await?;
+    let before = data.clone();
+    match f(tx, data).await {
+        Ok(()) => {
+            sqlx::query(RELEASE_SAVEPOINT).execute(tx.conn()).await?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            sqlx::query(ROLLBACK_TO_SAVEPOINT)
+                .execute(tx.conn())
+                .await?;
+            sqlx::query(RELEASE_SAVEPOINT).execute(tx.conn()).await?;
+            *data = before;
+            Ok(Err(e))
+        }
+    }
 }
 
 impl<D: SagaData> Orchestrator<D> {
@@ -177,6 +221,7 @@ impl<D: SagaData> Orchestrator<D> {
                 store,
                 outbox,
                 reply_to,
+                ended: tokio::sync::broadcast::channel(1024).0,
             }),
         })
     }
@@ -189,6 +234,14 @@ impl<D: SagaData> Orchestrator<D> {
     /// The saga's name.
     pub fn saga_type(&self) -> &str {
         &self.inner.def.name
+    }
+
+    /// In-process notifications `(saga id, final state)`, sent when the transaction that
+    /// ended a saga has committed in this process (a saga ended by another instance of the
+    /// service is not seen here). A receiver more than 1024 notifications behind gets
+    /// `RecvError::Lagged`. For waiting without polling the store (tests, benchmarks).
+    pub fn ended(&self) -> tokio::sync::broadcast::Receiver<(String, SagaState)> {
+        self.inner.ended.subscribe()
     }
 
     /// Creates a saga inside the caller's transaction `tx`: the instance row, its first
@@ -218,25 +271,30 @@ impl<D: SagaData> Orchestrator<D> {
         let id = keel_messaging::new_id();
         let now = now_ms();
         if let Some(r) = resource {
-            let holder: Option<(String,)> =
-                sqlx::query_as("SELECT saga_id FROM keel_saga_locks WHERE resource = $1")
-                    .bind(r)
-                    .fetch_optional(tx.conn())
-                    .await?;
-            if let Some((holder,)) = holder {
-                return Err(SagaError::Locked {
-                    resource: r.to_owned(),
-                    holder,
-                });
-            }
-            sqlx::query(
-                "INSERT INTO keel_saga_locks (resource, saga_id, acquired_at) VALUES ($1, $2, $3)",
+            // ON CONFLICT rather than check-then-insert: on PostgreSQL a concurrent start on
+            // the same resource waits here for the other transaction, then finds its row
+            // (never a unique violation); on SQLite writers are serialized anyway.
+            let taken = sqlx::query(
+                "INSERT INTO keel_saga_locks (resource, saga_id, acquired_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (resource) DO NOTHING",
             )
             .bind(r)
             .bind(&id)
             .bind(now)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                let holder: Option<(String,)> =
+                    sqlx::query_as("SELECT saga_id FROM keel_saga_locks WHERE resource = $1")
+                        .bind(r)
+                        .fetch_optional(tx.conn())
+                        .await?;
+                return Err(SagaError::Locked {
+                    resource: r.to_owned(),
+                    holder: holder.map(|h| h.0).unwrap_or_default(),
+                });
+            }
         }
         let data_json = serde_json::to_string(&data).map_err(|e| SagaError::Data(e.to_string()))?;
         sqlx::query(
@@ -257,6 +315,7 @@ impl<D: SagaData> Orchestrator<D> {
             state: SagaState::Running,
             step: 0,
             attempt: 0,
+            round: 0,
             completed: Vec::new(),
             data,
             awaiting: None,
@@ -304,7 +363,7 @@ impl<D: SagaData> Orchestrator<D> {
             ""
         };
         let sql = format!(
-            "SELECT state, step, attempt, completed, data, awaiting, deadline, error, created_at FROM keel_sagas WHERE id = $1 AND saga_type = $2{lock}"
+            "SELECT state, step, attempt, round, completed, data, awaiting, deadline, error, created_at FROM keel_sagas WHERE id = $1 AND saga_type = $2{lock}"
         );
         // `lock` is one of two fixed strings.
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -322,6 +381,7 @@ impl<D: SagaData> Orchestrator<D> {
                 .ok_or_else(|| SagaError::Data(format!("unknown state {state}")))?,
             step: row.try_get::<i64, _>("step")? as usize,
             attempt: row.try_get::<i64, _>("attempt")? as u32,
+            round: row.try_get::<i64, _>("round")? as u32,
             completed: serde_json::from_str(&completed)
                 .map_err(|e| SagaError::Data(e.to_string()))?,
             data: serde_json::from_str(&data).map_err(|e| SagaError::Data(e.to_string()))?,
@@ -336,11 +396,12 @@ impl<D: SagaData> Orchestrator<D> {
         let now = now_ms();
         let ended = i.state.is_final().then_some(now);
         sqlx::query(
-            "UPDATE keel_sagas SET state = $1, step = $2, attempt = $3, completed = $4, data = $5, awaiting = $6, deadline = $7, error = $8, updated_at = $9, ended_at = $10 WHERE id = $11",
+            "UPDATE keel_sagas SET state = $1, step = $2, attempt = $3, round = $4, completed = $5, data = $6, awaiting = $7, deadline = $8, error = $9, updated_at = $10, ended_at = $11 WHERE id = $12",
         )
         .bind(i.state.as_str())
         .bind(i.step as i64)
         .bind(i64::from(i.attempt))
+        .bind(i64::from(i.round))
         .bind(serde_json::to_string(&i.completed).unwrap_or_else(|_| "[]".into()))
         .bind(serde_json::to_string(&i.data).map_err(|e| SagaError::Data(e.to_string()))?)
         .bind(i.awaiting.clone())
@@ -375,6 +436,10 @@ impl<D: SagaData> Orchestrator<D> {
             .increment(1);
         metrics::histogram!("keel_saga_duration_seconds", "saga" => name, "outcome" => outcome)
             .record((now_ms() - i.created_at).max(0) as f64 / 1000.0);
+        let (ended, id) = (self.inner.ended.clone(), i.id.clone());
+        tx.after_commit(move || {
+            let _ = ended.send((id, state));
+        });
         Ok(())
     }
 
@@ -390,14 +455,16 @@ impl<D: SagaData> Orchestrator<D> {
             return Ok(());
         };
         let cmd = make(&i.data);
-        let correlation = format!("{}|{}|{}|{}", i.id, i.step, i.attempt, dir);
-        let m = Message::new(cmd.destination.clone(), cmd.payload.clone())
+        // Attempt-independent: the reply to any attempt of this round answers the step.
+        let correlation = format!("{}|{}|{}|{}", i.id, i.step, i.round, dir);
+        let mut m = Message::new(cmd.destination.clone(), cmd.payload.clone())
             .with_key(i.id.clone())
             .with_header(headers::TYPE, cmd.command_type.clone())
             .with_header(headers::CORRELATION_ID, correlation.clone())
             .with_header(headers::REPLY_TO, self.inner.reply_to.clone())
             .with_header(SAGA_ID, i.id.clone())
             .with_header(SAGA_TYPE, self.inner.def.name.clone());
+        m.id = command_id(&i.id, i.step, dir, i.round);
         self.inner.outbox.send(tx, &m).await?;
         let step = &self.inner.def.steps[i.step];
         i.awaiting = Some(correlation);
@@ -433,16 +500,19 @@ impl<D: SagaData> Orchestrator<D> {
                         self.event(tx, &i.id.clone(), "STEP_SKIPPED", Some(i.step), None)
                             .await?;
                         i.step += 1;
+                        i.attempt = 0;
+                        i.round = 0;
                         continue;
                     }
                     match &step.action {
-                        Action::Local(f) => match f(tx, &mut i.data).await {
+                        Action::Local(f) => match run_local(tx, f, &mut i.data).await? {
                             Ok(()) => {
                                 self.event(tx, &i.id.clone(), "STEP_SUCCEEDED", Some(i.step), None)
                                     .await?;
                                 i.completed.push(i.step);
                                 i.step += 1;
                                 i.attempt = 0;
+                                i.round = 0;
                             }
                             Err(e) => {
                                 self.event(
@@ -454,12 +524,14 @@ impl<D: SagaData> Orchestrator<D> {
                                 )
                                 .await?;
                                 if step.kind == StepKind::Retriable {
-                                    i.attempt += 1;
-                                    i.deadline = Some(now_ms() + backoff(i.attempt));
-                                    return Ok(());
+                                    return self.retry_forward(tx, i, e).await;
                                 }
-                                i.error = Some(e);
-                                i.state = SagaState::Compensating;
+                                self.start_compensating(
+                                    tx,
+                                    i,
+                                    format!("{} failed: {e}", step.name),
+                                )
+                                .await?;
                             }
                         },
                         action @ Action::Command { .. } => {
@@ -472,21 +544,29 @@ impl<D: SagaData> Orchestrator<D> {
                     let Some(done) = i.completed.pop() else {
                         return self.finish(tx, i, SagaState::Compensated).await;
                     };
-                    i.step = done;
-                    i.attempt = 0;
+                    if done != i.step {
+                        // A new compensation (a retried one keeps its attempt count).
+                        i.step = done;
+                        i.attempt = 0;
+                        i.round = 0;
+                    }
                     match steps[done].compensation.clone() {
                         None => continue,
-                        Some(Action::Local(f)) => match f(tx, &mut i.data).await {
+                        Some(Action::Local(f)) => match run_local(tx, &f, &mut i.data).await? {
                             Ok(()) => {
                                 self.event(tx, &i.id.clone(), "COMPENSATED", Some(done), None)
                                     .await?;
                             }
                             Err(e) => {
-                                i.error = Some(format!(
-                                    "compensation of {} failed: {e}",
-                                    steps[done].name
-                                ));
-                                return self.finish(tx, i, SagaState::Failed).await;
+                                // Still to be compensated: retried with backoff by the sweeper.
+                                i.completed.push(done);
+                                return self
+                                    .retry_compensation(
+                                        tx,
+                                        i,
+                                        format!("compensation of {} failed: {e}", steps[done].name),
+                                    )
+                                    .await;
                             }
                         },
                         Some(action) => return self.send(tx, i, &action, 'c').await,
@@ -497,32 +577,41 @@ impl<D: SagaData> Orchestrator<D> {
         }
     }
 
-    /// A forward step failed (failure reply, timeout after its attempts, local error).
-    async fn fail_forward(
+    /// Schedules another try of the current (retriable) forward step: a new round, so a
+    /// command step sends a new command.
+    async fn retry_forward(
         &self,
         tx: &mut Tx,
         i: &mut Instance<D>,
         reason: String,
     ) -> Result<(), SagaError> {
-        let step = &self.inner.def.steps[i.step];
-        if step.kind == StepKind::Retriable {
-            i.attempt = i.attempt.saturating_add(1);
-            i.awaiting = None;
-            i.deadline = Some(now_ms() + backoff(i.attempt));
-            return self
-                .event(
-                    tx,
-                    &i.id.clone(),
-                    "RETRY_SCHEDULED",
-                    Some(i.step),
-                    Some(reason),
-                )
-                .await;
-        }
+        i.attempt = i.attempt.saturating_add(1);
+        i.round = i.round.saturating_add(1);
+        i.awaiting = None;
+        i.deadline = Some(now_ms() + backoff(i.attempt));
+        self.event(
+            tx,
+            &i.id.clone(),
+            "RETRY_SCHEDULED",
+            Some(i.step),
+            Some(reason),
+        )
+        .await
+    }
+
+    /// Turns the saga around; the caller then runs [`advance`](Self::advance).
+    async fn start_compensating(
+        &self,
+        tx: &mut Tx,
+        i: &mut Instance<D>,
+        reason: String,
+    ) -> Result<(), SagaError> {
         i.error = Some(reason);
         i.state = SagaState::Compensating;
         i.awaiting = None;
         i.deadline = None;
+        i.attempt = 0;
+        i.round = 0;
         self.event(
             tx,
             &i.id.clone(),
@@ -530,7 +619,20 @@ impl<D: SagaData> Orchestrator<D> {
             Some(i.step),
             i.error.clone(),
         )
-        .await?;
+        .await
+    }
+
+    /// A forward step failed (failure reply, timeout after its attempts).
+    async fn fail_forward(
+        &self,
+        tx: &mut Tx,
+        i: &mut Instance<D>,
+        reason: String,
+    ) -> Result<(), SagaError> {
+        if self.inner.def.steps[i.step].kind == StepKind::Retriable {
+            return self.retry_forward(tx, i, reason).await;
+        }
+        self.start_compensating(tx, i, reason).await?;
         self.advance(tx, i).await
     }
 
@@ -545,6 +647,8 @@ impl<D: SagaData> Orchestrator<D> {
         let Some(mut i) = self.load(tx, id).await? else {
             return Ok(());
         };
+        // The correlation names the saga, step, round and direction — not the attempt: the
+        // reply to any attempt (first send or timeout resend) of the awaited command counts.
         if i.awaiting.as_deref() != Some(correlation) {
             let detail = format!("{} (awaiting {:?})", correlation, i.awaiting);
             self.event(tx, id, "REPLY_IGNORED", Some(i.step), Some(detail))
@@ -585,6 +689,7 @@ impl<D: SagaData> Orchestrator<D> {
                     i.completed.push(step_idx);
                     i.step += 1;
                     i.attempt = 0;
+                    i.round = 0;
                     self.advance(tx, &mut i).await?;
                 } else {
                     if let Some(f) = on_failure {
@@ -625,6 +730,8 @@ impl<D: SagaData> Orchestrator<D> {
         self.save(tx, &i).await
     }
 
+    /// A compensation failed (failure reply, local error): retried with backoff in a new
+    /// round, up to [`MAX_COMPENSATION_ATTEMPTS`] attempts; then the saga is FAILED.
     async fn retry_compensation(
         &self,
         tx: &mut Tx,
@@ -632,6 +739,7 @@ impl<D: SagaData> Orchestrator<D> {
         reason: String,
     ) -> Result<(), SagaError> {
         i.attempt += 1;
+        i.round += 1;
         if i.attempt >= MAX_COMPENSATION_ATTEMPTS {
             i.error = Some(format!(
                 "{} gave up after {} attempts: {reason}",
@@ -685,10 +793,19 @@ impl<D: SagaData> Orchestrator<D> {
                         && step.kind != StepKind::Retriable
                         && i.attempt + 1 >= step.max_attempts
                     {
+                        // No answer is not a refusal: the participant may yet apply the
+                        // command (it waits in the bus). A step with a compensation is
+                        // compensated too; its compensation, sent later with the same key,
+                        // reaches the participant after the command.
+                        if step.compensation.is_some() {
+                            i.completed.push(i.step);
+                        }
                         self.fail_forward(&mut tx, &mut i, format!("{} timed out", step.name))
                             .await?;
                     } else {
                         if timed_out {
+                            // Same round: the resend carries the same message id, so a
+                            // participant that already applied the command only answers it.
                             i.attempt += 1;
                         }
                         let action = step.action.clone();
@@ -715,8 +832,13 @@ impl<D: SagaData> Orchestrator<D> {
                             continue;
                         }
                     }
-                    if let Some(action) = step.compensation.clone() {
-                        self.send(&mut tx, &mut i, &action, 'c').await?;
+                    match step.compensation.clone() {
+                        Some(action @ Action::Command { .. }) => {
+                            self.send(&mut tx, &mut i, &action, 'c').await?;
+                        }
+                        // A failed local compensation is back on the completed list:
+                        // `advance` runs it again.
+                        _ => self.advance(&mut tx, &mut i).await?,
                     }
                 }
                 _ => {}

@@ -2,10 +2,11 @@
 
 use keel_store::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "sagas",
-    "CREATE TABLE keel_sagas (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "sagas",
+        "CREATE TABLE keel_sagas (
         id TEXT PRIMARY KEY,
         saga_type TEXT NOT NULL,
         state TEXT NOT NULL,
@@ -37,5 +38,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
         resource TEXT PRIMARY KEY,
         saga_id TEXT NOT NULL,
         acquired_at {bigint} NOT NULL
+    )",
+    ),
+    // The send round of the current step: part of the command's correlation and message
+    // id. A timeout resend keeps it (so the participant's inbox drops a resend of a command
+    // it already applied); a retry after a failure increments it (a new command).
+    Migration::new(
+        2,
+        "command rounds",
+        "ALTER TABLE keel_sagas ADD COLUMN round {bigint} NOT NULL DEFAULT 0",
+    ),
+];
+
+/// The participant helper's table: the reply each handled command got, so a command
+/// delivered again (a timeout resend, a redelivery) is answered again with the same reply.
+pub(crate) const PARTICIPANT_MIGRATIONS: &[Migration] = &[Migration::new(
+    1,
+    "command replies",
+    "CREATE TABLE keel_saga_replies (
+        destination TEXT NOT NULL,
+        command_id TEXT NOT NULL,
+        reply TEXT NOT NULL,
+        created_at {bigint} NOT NULL,
+        PRIMARY KEY (destination, command_id)
     )",
 )];

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use keel_bus_sqlite::{Settings, SqliteBus};
 use keel_messaging::{Bus, Consumer, Inbox, Outbox, Subscription};
 use keel_saga::{Command, CommandError, Orchestrator, SagaDefinition, Step, command_handler};
-use keel_store::{Migration, Store};
+use keel_store::{Backend, Migration, Store, testing::TempDir};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -151,6 +151,44 @@ async fn effect(tx: &mut keel_store::Tx, order: &str, what: &str) -> Result<(), 
         .map_err(|e| CommandError::Retry(e.to_string()))
 }
 
+/// Runs `outbox`'s relay until `stop`. On PostgreSQL the tests give every service its own
+/// schema of one database, but the relay's leadership lock (an advisory lock) is per
+/// database, so only one of those relays would ever publish; there each outbox gets a
+/// plain polling loop instead.
+pub fn relay(outbox: Outbox, bus: Arc<dyn Bus>, stop: CancellationToken) {
+    if outbox.store().backend() == Backend::Sqlite {
+        tokio::spawn(outbox.run_relay(bus, stop));
+    } else {
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = outbox.publish_batch(bus.as_ref()).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+}
+
+/// Store URLs for `services`: SQLite files in `dir`, or — when `postgres` — fresh schemas
+/// on the test PostgreSQL server (`None`, after a `NOTICE:` line, when it is not set).
+pub async fn store_urls(
+    test: &str,
+    dir: &TempDir,
+    postgres: bool,
+    services: &[&str],
+) -> Option<Vec<String>> {
+    let mut urls = Vec::new();
+    for s in services {
+        if postgres {
+            let (store, url) = keel_store::testing::fresh_postgres(test).await.unwrap()?;
+            store.close().await;
+            urls.push(url);
+        } else {
+            urls.push(dir.sqlite_url(&format!("{s}.db")));
+        }
+    }
+    Some(urls)
+}
+
 /// Starts one participant (its store, outbox relay, inbox and command consumer).
 pub async fn participant(
     name: &str,
@@ -161,7 +199,7 @@ pub async fn participant(
     let store = Store::connect(store_url).await.unwrap();
     store.migrate(name, PARTICIPANT_TABLES).await.unwrap();
     let outbox = Outbox::new(store.clone()).await.unwrap();
-    tokio::spawn(outbox.clone().run_relay(bus.clone(), stop));
+    relay(outbox.clone(), bus.clone(), stop);
     let inbox = Inbox::new(store.clone(), &format!("{name}.commands"))
         .await
         .unwrap();
@@ -196,6 +234,8 @@ pub async fn participant(
                 }
                 ("kitchen", "CreateTicket") => {
                     if fail {
+                        // Written, then refused: the helper's savepoint undoes the write.
+                        effect(tx, &order, "ticket created (refused)").await?;
                         return Err(CommandError::failure("MenuItemUnavailable", json!({})));
                     }
                     effect(tx, &order, "ticket created").await?;
@@ -211,6 +251,7 @@ pub async fn participant(
                 }
                 ("accounting", "Authorize") => {
                     if fail {
+                        effect(tx, &order, "authorized (refused)").await?;
                         return Err(CommandError::failure("PaymentDeclined", json!({})));
                     }
                     effect(tx, &order, "authorized").await?;
@@ -233,11 +274,21 @@ pub async fn order_service(
     store_url: &str,
     stop: CancellationToken,
 ) -> (Store, Orchestrator<OrderData>) {
+    order_service_with(create_order_saga(), bus, store_url, stop).await
+}
+
+/// The order service running `def`.
+pub async fn order_service_with(
+    def: SagaDefinition<OrderData>,
+    bus: Arc<dyn Bus>,
+    store_url: &str,
+    stop: CancellationToken,
+) -> (Store, Orchestrator<OrderData>) {
     let store = Store::connect(store_url).await.unwrap();
     store.migrate("order", ORDER_TABLES).await.unwrap();
     let outbox = Outbox::new(store.clone()).await.unwrap();
-    tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
-    let orch = Orchestrator::new(create_order_saga(), store.clone(), outbox, "order")
+    relay(outbox.clone(), bus.clone(), stop.clone());
+    let orch = Orchestrator::new(def, store.clone(), outbox, "order")
         .await
         .unwrap();
     let o = orch.clone();

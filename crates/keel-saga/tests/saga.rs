@@ -1,6 +1,9 @@
 //! The create-order saga with three participants over the embedded bus: success, failure
 //! at each step (compensating exactly the completed steps, in reverse), duplicate and
-//! stale replies, step timeouts, resource locks, the query API.
+//! stale replies, step timeouts and resends (applied once), local steps and compensations
+//! rolled back to their savepoint on error, compensation retries, resource locks, the query
+//! API, definitions refused. The main scenarios run on SQLite files and, when
+//! `KEEL_TEST_DATABASE_URL` is set, on PostgreSQL (a fresh schema per service).
 
 mod common;
 
@@ -28,33 +31,28 @@ struct World {
 }
 
 async fn world(name: &str) -> World {
+    world_on(name, false).await.unwrap()
+}
+
+/// The four services on SQLite files, or on PostgreSQL schemas (`None` when no server is
+/// configured). The bus is always the embedded one.
+async fn world_on(name: &str, postgres: bool) -> Option<World> {
     let dir = TempDir::new(name);
+    let urls = store_urls(
+        name,
+        &dir,
+        postgres,
+        &["consumer", "kitchen", "accounting", "order"],
+    )
+    .await?;
     let bus = open_bus(&dir.sqlite_url("bus.db")).await;
     let stop = CancellationToken::new();
-    let (consumer, _c1) = participant(
-        "consumer",
-        bus.clone(),
-        &dir.sqlite_url("consumer.db"),
-        stop.clone(),
-    )
-    .await;
-    let (kitchen, _c2) = participant(
-        "kitchen",
-        bus.clone(),
-        &dir.sqlite_url("kitchen.db"),
-        stop.clone(),
-    )
-    .await;
-    let (accounting, _c3) = participant(
-        "accounting",
-        bus.clone(),
-        &dir.sqlite_url("accounting.db"),
-        stop.clone(),
-    )
-    .await;
-    let (order, orch) = order_service(bus.clone(), &dir.sqlite_url("order.db"), stop.clone()).await;
+    let (consumer, _c1) = participant("consumer", bus.clone(), &urls[0], stop.clone()).await;
+    let (kitchen, _c2) = participant("kitchen", bus.clone(), &urls[1], stop.clone()).await;
+    let (accounting, _c3) = participant("accounting", bus.clone(), &urls[2], stop.clone()).await;
+    let (order, orch) = order_service(bus.clone(), &urls[3], stop.clone()).await;
     tokio::time::sleep(Duration::from_millis(600)).await; // partition assignment
-    World {
+    Some(World {
         _dir: dir,
         _consumers: vec![_c1, _c2, _c3],
         bus,
@@ -64,7 +62,7 @@ async fn world(name: &str) -> World {
         kitchen,
         accounting,
         stop,
-    }
+    })
 }
 
 fn data(id: &str, fail_at: &str) -> OrderData {
@@ -112,7 +110,17 @@ fn kinds(d: &keel_saga::SagaDetail) -> Vec<String> {
 
 #[tokio::test]
 async fn all_steps_succeed() {
-    let w = world("saga-ok").await;
+    check_all_steps_succeed(world("saga-ok").await).await;
+}
+
+#[tokio::test]
+async fn all_steps_succeed_on_postgres() {
+    if let Some(w) = world_on("saga-ok-pg", true).await {
+        check_all_steps_succeed(w).await;
+    }
+}
+
+async fn check_all_steps_succeed(w: World) {
     let id = start(&w, data("o1", "")).await;
     let d = wait_final(&w.order, &id).await;
     assert_eq!(d.summary.state, SagaState::Completed, "{:#?}", d.timeline);
@@ -140,7 +148,19 @@ async fn all_steps_succeed() {
 
 #[tokio::test]
 async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
-    let w = world("saga-fail").await;
+    check_failures_compensate(world("saga-fail").await).await;
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_on_postgres() {
+    if let Some(w) = world_on("saga-fail-pg", true).await {
+        check_failures_compensate(w).await;
+    }
+}
+
+/// (The kitchen and accounting write an effect before refusing: the participant helper's
+/// savepoint must undo it, so they show no effect.)
+async fn check_failures_compensate(w: World) {
     // consumer refuses: only the local order creation is undone.
     let a = start(&w, data("a", "consumer")).await;
     // kitchen refuses: nothing of the kitchen to undo.
@@ -253,13 +273,25 @@ async fn duplicate_and_stale_replies_are_ignored() {
 
 #[tokio::test]
 async fn a_step_without_an_answer_times_out_and_compensates() {
-    let dir = TempDir::new("saga-timeout");
+    check_timeout("saga-timeout", false).await;
+}
+
+#[tokio::test]
+async fn a_step_without_an_answer_times_out_and_compensates_on_postgres() {
+    check_timeout("saga-timeout-pg", true).await;
+}
+
+async fn check_timeout(name: &str, postgres: bool) {
+    let dir = TempDir::new(name);
+    let Some(urls) = store_urls(name, &dir, postgres, &["svc"]).await else {
+        return;
+    };
     let bus = open_bus(&dir.sqlite_url("bus.db")).await;
-    let store = Store::connect(&dir.sqlite_url("svc.db")).await.unwrap();
+    let store = Store::connect(&urls[0]).await.unwrap();
     store.migrate("t", ORDER_TABLES).await.unwrap();
     let outbox = Outbox::new(store.clone()).await.unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
+    relay(outbox.clone(), bus.clone(), stop.clone());
     let def = SagaDefinition::<OrderData>::new("silent")
         .step(
             Step::local("create order", |tx, d: &mut OrderData| {
@@ -314,7 +346,48 @@ async fn a_step_without_an_answer_times_out_and_compensates() {
 
 #[tokio::test]
 async fn a_locked_resource_refuses_a_second_saga_until_the_first_ends() {
-    let w = world("saga-lock").await;
+    check_locks(world("saga-lock").await).await;
+}
+
+#[tokio::test]
+async fn a_locked_resource_refuses_a_second_saga_until_the_first_ends_on_postgres() {
+    if let Some(w) = world_on("saga-lock-pg", true).await {
+        check_locks(w).await;
+    }
+}
+
+async fn check_locks(w: World) {
+    // Two concurrent starts on one resource: the second waits for the first transaction
+    // (PostgreSQL: on the lock row; SQLite: in the writer queue), then is refused with
+    // `Locked` — never a store error.
+    let mut tx1 = w.order.begin().await.unwrap();
+    let held = w
+        .orch
+        .start_locked(&mut tx1, data("l0", ""), "order:l0")
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let (order, orch) = (w.order.clone(), w.orch.clone());
+        async move {
+            let mut tx2 = order.begin().await.unwrap();
+            let r = orch
+                .start_locked(&mut tx2, data("l0b", ""), "order:l0")
+                .await;
+            tx2.rollback().await.unwrap();
+            r
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx1.commit().await.unwrap();
+    match second.await.unwrap() {
+        Err(SagaError::Locked { resource, holder }) => {
+            assert_eq!(resource, "order:l0");
+            assert_eq!(holder, held);
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    wait_final(&w.order, &held).await;
+
     let mut tx = w.order.begin().await.unwrap();
     let first = w
         .orch
@@ -422,5 +495,265 @@ fn definitions_that_break_the_structure_are_refused() {
             .pivot(),
     );
     assert!(compensated_pivot.validate().is_err());
+    let retriable_before_pivot = SagaDefinition::<OrderData>::new("bad")
+        .step(Step::command("a", |_d: &OrderData| Command::new("a", "A", json!({}))).retriable())
+        .step(Step::command("b", |_d: &OrderData| Command::new("b", "B", json!({}))).pivot());
+    let e = retriable_before_pivot.validate().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("retriable steps come after the pivot"),
+        "{e}"
+    );
+    assert_eq!(e.step, "a");
+    let retriable_then_compensatable = SagaDefinition::<OrderData>::new("bad")
+        .step(Step::command("a", |_d: &OrderData| Command::new("a", "A", json!({}))).retriable())
+        .step(Step::command("b", |_d: &OrderData| {
+            Command::new("b", "B", json!({}))
+        }));
+    assert!(retriable_then_compensatable.validate().is_err());
+    // Without a pivot, retriable steps may end the saga.
+    let retriable_tail = SagaDefinition::<OrderData>::new("ok")
+        .step(Step::command("a", |_d: &OrderData| {
+            Command::new("a", "A", json!({}))
+        }))
+        .step(Step::command("b", |_d: &OrderData| Command::new("b", "B", json!({}))).retriable());
+    assert!(retriable_tail.validate().is_ok());
     assert!(create_order_saga().validate().is_ok());
+}
+
+/// A kitchen step with a short timeout and many attempts, then the pivot.
+fn resend_saga() -> SagaDefinition<OrderData> {
+    SagaDefinition::new("resend")
+        .step(
+            Step::command("create ticket", |d: &OrderData| {
+                Command::new(
+                    "kitchen.commands",
+                    "CreateTicket",
+                    json!({"orderId": d.order_id}),
+                )
+            })
+            .on_reply(|d, r| d.ticket_id = r.payload["ticketId"].as_str().map(str::to_owned))
+            .compensate_with(|d: &OrderData| {
+                Command::new(
+                    "kitchen.commands",
+                    "CancelTicket",
+                    json!({"orderId": d.order_id}),
+                )
+            })
+            .timeout(Duration::from_millis(300))
+            .attempts(100),
+        )
+        .step(
+            Step::command("authorize payment", |d: &OrderData| {
+                Command::new(
+                    "accounting.commands",
+                    "Authorize",
+                    json!({"orderId": d.order_id}),
+                )
+            })
+            .pivot()
+            .timeout(Duration::from_secs(20)),
+        )
+}
+
+#[tokio::test]
+async fn a_command_resent_after_a_timeout_is_applied_once() {
+    check_resend("saga-resend", false).await;
+}
+
+#[tokio::test]
+async fn a_command_resent_after_a_timeout_is_applied_once_on_postgres() {
+    check_resend("saga-resend-pg", true).await;
+}
+
+/// The kitchen (its own store) is down for several step timeouts: the orchestrator resends
+/// the command each time. Back up, the kitchen applies the first copy and only answers the
+/// resends (the same message id, so its inbox knows them) with the stored reply — one
+/// ticket — and the saga completes.
+async fn check_resend(name: &str, postgres: bool) {
+    let dir = TempDir::new(name);
+    let Some(urls) = store_urls(name, &dir, postgres, &["kitchen", "accounting", "order"]).await
+    else {
+        return;
+    };
+    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let stop = CancellationToken::new();
+    let kitchen_stop = CancellationToken::new();
+    let (_, kitchen_consumer) =
+        participant("kitchen", bus.clone(), &urls[0], kitchen_stop.clone()).await;
+    let (accounting, _c) = participant("accounting", bus.clone(), &urls[1], stop.clone()).await;
+    let (order, orch) =
+        order_service_with(resend_saga(), bus.clone(), &urls[2], stop.clone()).await;
+    // Every reply the orchestrator is sent, seen by a group of its own.
+    let replies: Arc<std::sync::Mutex<Vec<Message>>> = Arc::default();
+    let _spy = bus
+        .subscribe(
+            keel_messaging::Subscription::new(orch.reply_destination(), "spy"),
+            keel_messaging::handler_fn({
+                let replies = replies.clone();
+                move |d| {
+                    replies.lock().unwrap().push(d.message);
+                    async { Ok(()) }
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    kitchen_consumer.stop().await;
+    kitchen_stop.cancel();
+    let id = {
+        let mut tx = order.begin().await.unwrap();
+        let id = orch.start(&mut tx, data("r1", "")).await.unwrap();
+        tx.commit().await.unwrap();
+        id
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await; // five step timeouts
+    let (kitchen, _c2) = participant("kitchen", bus.clone(), &urls[0], stop.clone()).await;
+
+    let d = wait_final(&order, &id).await;
+    assert_eq!(d.summary.state, SagaState::Completed, "{:#?}", d.timeline);
+    let k = kinds(&d);
+    assert!(
+        k.iter().filter(|s| s.starts_with("TIMEOUT")).count() >= 2,
+        "resent after timeouts: {k:?}"
+    );
+    assert_eq!(
+        effects(&kitchen, "r1").await,
+        vec!["ticket created"],
+        "applied once"
+    );
+    assert_eq!(effects(&accounting, "r1").await, vec!["authorized"]);
+    assert_eq!(d.data["ticket_id"], "t-r1");
+    assert!(
+        !k.iter().any(|s| s.starts_with("REPLY_IGNORED")),
+        "answers to resends carry the first reply's id: the inbox drops them: {k:?}"
+    );
+    // The resends were answered (with the stored reply, under the same id).
+    let mut ticket_replies = Vec::new();
+    for _ in 0..100 {
+        ticket_replies = replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.message_type() == Some("CreateTicketReply"))
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>();
+        if ticket_replies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ticket_replies.len() >= 2, "{ticket_replies:?}");
+    assert!(
+        ticket_replies.iter().all(|r| *r == ticket_replies[0]),
+        "{ticket_replies:?}"
+    );
+    stop.cancel();
+}
+
+static COMPENSATION_CALLS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Local steps only: the second writes, changes the data, then fails; the first step's
+/// compensation writes and fails twice before it succeeds.
+fn local_saga() -> SagaDefinition<OrderData> {
+    SagaDefinition::new("local")
+        .step(
+            Step::local("create order", |tx, d: &mut OrderData| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO orders (id, state) VALUES ($1, 'APPROVAL_PENDING')")
+                        .bind(&d.order_id)
+                        .execute(tx.conn())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .compensate_locally(|tx, d: &mut OrderData| {
+                Box::pin(async move {
+                    let calls = {
+                        let mut c = COMPENSATION_CALLS.lock().unwrap();
+                        c.push(d.order_id.clone());
+                        c.iter().filter(|o| **o == d.order_id).count()
+                    };
+                    if calls <= 2 {
+                        sqlx::query("INSERT INTO orders (id, state) VALUES ($1, 'JUNK')")
+                            .bind(format!("junk-{}-{calls}", d.order_id))
+                            .execute(tx.conn())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        d.rejection = Some("dirty".into());
+                        return Err(format!("transient failure {calls}"));
+                    }
+                    sqlx::query("UPDATE orders SET state = 'REJECTED' WHERE id = $1")
+                        .bind(&d.order_id)
+                        .execute(tx.conn())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        )
+        .step(Step::local("reserve stock", |tx, d: &mut OrderData| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO orders (id, state) VALUES ($1, 'RESERVED')")
+                    .bind(format!("reserved-{}", d.order_id))
+                    .execute(tx.conn())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                d.rejection = Some("dirty".into());
+                Err("out of stock".to_owned())
+            })
+        }))
+}
+
+#[tokio::test]
+async fn failing_local_steps_and_compensations_leave_no_writes_and_are_retried() {
+    check_local_rollback("saga-local", false, "lr").await;
+}
+
+#[tokio::test]
+async fn failing_local_steps_and_compensations_leave_no_writes_on_postgres() {
+    check_local_rollback("saga-local-pg", true, "lr-pg").await;
+}
+
+async fn check_local_rollback(name: &str, postgres: bool, order_id: &str) {
+    let dir = TempDir::new(name);
+    let Some(urls) = store_urls(name, &dir, postgres, &["order"]).await else {
+        return;
+    };
+    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let stop = CancellationToken::new();
+    let (order, orch) = order_service_with(local_saga(), bus, &urls[0], stop.clone()).await;
+    let mut tx = order.begin().await.unwrap();
+    let id = orch.start(&mut tx, data(order_id, "")).await.unwrap();
+    tx.commit().await.unwrap();
+    let d = wait_final(&order, &id).await;
+    assert_eq!(d.summary.state, SagaState::Compensated, "{:#?}", d.timeline);
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, state FROM orders ORDER BY id")
+        .fetch_all(order.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(order_id.to_owned(), "REJECTED".to_owned())],
+        "the failed step's and the failed compensations' writes are rolled back"
+    );
+    assert_eq!(
+        d.data["rejection"],
+        serde_json::Value::Null,
+        "data restored"
+    );
+    let k = kinds(&d);
+    assert_eq!(
+        k.iter()
+            .filter(|s| *s == "RETRY_SCHEDULED create order")
+            .count(),
+        2,
+        "{k:?}"
+    );
+    assert!(k.contains(&"STEP_FAILED reserve stock".to_owned()), "{k:?}");
+    assert!(d.summary.error.unwrap().contains("out of stock"));
+    stop.cancel();
 }
