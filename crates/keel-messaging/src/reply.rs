@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use keel_resilience::Deadline;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -28,7 +29,7 @@ pub enum RequestError {
     Timeout {
         /// The command's type header.
         command_type: String,
-        /// The budget.
+        /// The budget: the `timeout` asked for, or less when the task's deadline was nearer.
         timeout: Duration,
     },
 }
@@ -93,16 +94,33 @@ impl Replies {
         command
     }
 
-    /// Publishes `command` and waits up to `timeout` for its reply. The remaining budget
-    /// travels in the `keel-deadline-ms` header so the handler can give up early.
+    /// Publishes `command` and waits for its reply until its deadline: the nearer of now +
+    /// `timeout` and the deadline of the call this task is running
+    /// ([`Deadline::current`], set by keel-resilience's `DeadlineLayer` or `Deadline::scope`).
+    /// The deadline travels in `keel-deadline-ms` (time left) and `keel-deadline-unix-ms`
+    /// (absolute), written by [`Deadline::to_message_headers`], so the handler can read it with
+    /// `Deadline::from_message_headers` and give up early. When no time is left the command is
+    /// not published.
     pub async fn request(
         &self,
         command: Message,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
-        let command = self
-            .prepare(command)
-            .with_header(headers::DEADLINE_MS, timeout.as_millis().to_string());
+        let now = tokio::time::Instant::now();
+        let own = now
+            .checked_add(timeout)
+            .map_or_else(|| Deadline::after(timeout), Deadline::at);
+        let deadline = Deadline::current().map_or(own, |current| current.min(own));
+        let budget = deadline.remaining_at(now);
+        let timed_out = |command: &Message| RequestError::Timeout {
+            command_type: command.message_type().unwrap_or("command").to_owned(),
+            timeout: budget,
+        };
+        let mut command = self.prepare(command);
+        if budget.is_zero() {
+            return Err(timed_out(&command));
+        }
+        deadline.to_message_headers(&mut command.headers);
         let id = command.correlation_id().unwrap_or_default().to_owned();
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -116,17 +134,14 @@ impl Replies {
                 .remove(&id);
             return Err(e.into());
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline.instant(), rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => {
                 self.pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
-                Err(RequestError::Timeout {
-                    command_type: command.message_type().unwrap_or("command").to_owned(),
-                    timeout,
-                })
+                Err(timed_out(&command))
             }
         }
     }
@@ -150,4 +165,151 @@ pub fn reply(
         None => format!("{}Reply", command.message_type().unwrap_or("Command")),
     };
     Some(m.with_header(headers::TYPE, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+    use keel_resilience::deadline::DEADLINE_UNIX_MS_HEADER;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::bus::Handler;
+
+    /// Keeps what is published and the reply handler, so a test can answer by hand.
+    #[derive(Default)]
+    struct Loopback {
+        sent: Mutex<Vec<Message>>,
+        handler: Mutex<Option<Arc<dyn Handler>>>,
+    }
+
+    impl std::fmt::Debug for Loopback {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Loopback").finish_non_exhaustive()
+        }
+    }
+
+    impl Loopback {
+        fn sent(&self) -> Vec<Message> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    impl Bus for Loopback {
+        fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BusError>> {
+            self.sent.lock().unwrap().push(message.clone());
+            Box::pin(async { Ok(()) })
+        }
+
+        fn subscribe(
+            &self,
+            _subscription: Subscription,
+            handler: Arc<dyn Handler>,
+        ) -> BoxFuture<'_, Result<Consumer, BusError>> {
+            *self.handler.lock().unwrap() = Some(handler);
+            Box::pin(async {
+                Ok(Consumer::new(
+                    CancellationToken::new(),
+                    tokio::spawn(async {}),
+                ))
+            })
+        }
+
+        fn backend(&self) -> &'static str {
+            "loopback"
+        }
+    }
+
+    fn command() -> Message {
+        Message::new("kitchen.commands", serde_json::json!({}))
+            .with_header(headers::TYPE, "CreateTicket")
+    }
+
+    fn budget_of(result: Result<Message, RequestError>) -> Duration {
+        match result {
+            Err(RequestError::Timeout { timeout, .. }) => timeout,
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_uses_the_nearer_of_its_timeout_and_the_task_deadline() {
+        let bus = Arc::new(Loopback::default());
+        let replies = Replies::start(bus.clone(), "orders").await.unwrap();
+
+        // The task's deadline (300 ms) is nearer than the timeout (5 s): it bounds the wait
+        // and is what the command carries, in keel-resilience's message codec.
+        let started = Instant::now();
+        let result = Deadline::after(Duration::from_millis(300))
+            .scope(replies.request(command(), Duration::from_secs(5)))
+            .await;
+        assert_eq!(budget_of(result), Duration::from_millis(300));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let sent = bus.sent().pop().unwrap();
+        assert_eq!(sent.header(headers::DEADLINE_MS), Some("300"));
+        assert!(sent.header(DEADLINE_UNIX_MS_HEADER).is_some());
+        let now = Instant::now();
+        let left = Deadline::from_message_headers(&sent.headers, now)
+            .unwrap()
+            .remaining_at(now);
+        assert!(
+            left <= Duration::from_millis(300) && left >= Duration::from_millis(290),
+            "{left:?}"
+        );
+
+        // Without a task deadline, the timeout is the budget.
+        let result = replies.request(command(), Duration::from_millis(50)).await;
+        assert_eq!(budget_of(result), Duration::from_millis(50));
+        assert_eq!(
+            bus.sent().pop().unwrap().header(headers::DEADLINE_MS),
+            Some("50")
+        );
+
+        // A nearer timeout wins over the task's deadline.
+        let result = Deadline::after(Duration::from_secs(10))
+            .scope(replies.request(command(), Duration::from_millis(20)))
+            .await;
+        assert_eq!(budget_of(result), Duration::from_millis(20));
+        assert_eq!(
+            bus.sent().pop().unwrap().header(headers::DEADLINE_MS),
+            Some("20")
+        );
+
+        // No time left: the command is not published at all.
+        let published = bus.sent().len();
+        let expired = Deadline::after(Duration::from_millis(10));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let result = expired
+            .scope(replies.request(command(), Duration::from_secs(5)))
+            .await;
+        assert_eq!(budget_of(result), Duration::ZERO);
+        assert_eq!(bus.sent().len(), published);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_within_the_deadline_is_returned() {
+        let bus = Arc::new(Loopback::default());
+        let replies = Replies::start(bus.clone(), "orders").await.unwrap();
+        let pending = tokio::spawn({
+            let replies = replies.clone();
+            Deadline::after(Duration::from_secs(1))
+                .scope(async move { replies.request(command(), Duration::from_secs(5)).await })
+        });
+        while bus.sent().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let answer = reply(&bus.sent()[0], None, serde_json::json!({"ok": true})).unwrap();
+        let handler = bus.handler.lock().unwrap().clone().unwrap();
+        handler
+            .handle(Delivery {
+                message: answer,
+                attempt: 1,
+                partition: 0,
+            })
+            .await
+            .unwrap();
+        let got = pending.await.unwrap().unwrap();
+        assert_eq!(got.message_type(), Some("CreateTicketReply"));
+    }
 }
