@@ -3,6 +3,7 @@
 //! access log, reloads the route file, and drains on SIGTERM.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
@@ -11,7 +12,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -69,7 +70,57 @@ pub struct Gateway {
     max_headers: usize,
     has_discovery: bool,
     last_error: Mutex<Option<String>>,
+    metrics: RequestMetrics,
     _discovery: Option<Discovery>,
+}
+
+/// The per-route request metrics, with their handles cached so the hot path neither
+/// allocates labels nor hashes them in the recorder. Label values are bounded: route ids
+/// (or `unmatched`), standard methods (others are `OTHER`) and status codes.
+#[derive(Debug, Default)]
+struct RequestMetrics {
+    counters: Mutex<HashMap<(Arc<str>, Method, u16), metrics::Counter>>,
+    durations: Mutex<HashMap<(Arc<str>, Method), metrics::Histogram>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, route: &Arc<str>, method: &Method, status: StatusCode, elapsed: Duration) {
+        let method = match *method {
+            Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::HEAD
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE => method.clone(),
+            _ => Method::from_bytes(b"OTHER").unwrap_or(Method::GET),
+        };
+        {
+            let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry((route.clone(), method.clone(), status.as_u16()))
+                .or_insert_with(|| {
+                    metrics::counter!(
+                        "keel_gateway_requests_total",
+                        "route" => route.to_string(),
+                        "method" => method.as_str().to_owned(),
+                        "status" => status.as_str().to_owned()
+                    )
+                })
+                .increment(1);
+        }
+        let mut m = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((route.clone(), method.clone()))
+            .or_insert_with(|| {
+                metrics::histogram!(
+                    "keel_gateway_request_duration_seconds",
+                    "route" => route.to_string(),
+                    "method" => method.as_str().to_owned()
+                )
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 impl Gateway {
@@ -130,6 +181,7 @@ impl Gateway {
             max_headers: config.server.max_headers,
             has_discovery: discovery.is_some(),
             last_error: Mutex::new(None),
+            metrics: RequestMetrics::default(),
             _discovery: discovery,
         }))
     }
@@ -200,7 +252,7 @@ impl Gateway {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + req.uri().to_string().len();
+            + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         let detail = if h.len() > self.max_headers {
             format!(
                 "{} request headers; at most {} are accepted",
@@ -245,21 +297,9 @@ impl Gateway {
         let path = self.proxy.access_log.then(|| req.uri().path().to_owned());
         let out = self.proxy.handle(req, client, secure).await;
         let status = out.response.status();
-        let route = out.route.as_deref().unwrap_or("unmatched").to_owned();
+        let route: Arc<str> = out.route.unwrap_or_else(|| Arc::from("unmatched"));
         let elapsed = start.elapsed();
-        metrics::counter!(
-            "keel_gateway_requests_total",
-            "route" => route.clone(),
-            "method" => method.as_str().to_owned(),
-            "status" => status.as_str().to_owned()
-        )
-        .increment(1);
-        metrics::histogram!(
-            "keel_gateway_request_duration_seconds",
-            "route" => route.clone(),
-            "method" => method.as_str().to_owned()
-        )
-        .record(elapsed.as_secs_f64());
+        self.metrics.record(&route, &method, status, elapsed);
         if let Some(path) = path {
             tracing::info!(
                 target: "keel_gateway::access",
