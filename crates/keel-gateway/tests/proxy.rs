@@ -1143,3 +1143,150 @@ async fn h2c_upstreams() {
         .unwrap();
     assert_eq!(text, "HTTP/2.0 /svc/Method");
 }
+
+/// Every remaining predicate and filter, each against the real upstream.
+#[tokio::test]
+async fn every_other_predicate_and_filter() {
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        r#"
+gateway:
+  routes:
+    - id: weight-a
+      uri: {url}
+      predicates: [Path=/w, "Weight=g, 1"]
+      filters: ["AddResponseHeader=X-Pick, a"]
+    - id: weight-b
+      uri: {url}
+      predicates: [Path=/w, "Weight=g, 1"]
+      filters: ["AddResponseHeader=X-Pick, b"]
+    - id: remote
+      uri: {url}
+      predicates: [Path=/remote, "RemoteAddr=10.0.0.0/8"]
+    - id: remote-local
+      uri: {url}
+      predicates: [Path=/remote, "RemoteAddr=127.0.0.1/32"]
+      filters: ["AddResponseHeader=X-Remote, local"]
+    - id: time
+      uri: {url}
+      predicates: [Path=/time, "After=2000-01-01T00:00:00Z", "Before=2999-01-01T00:00:00Z[UTC]"]
+    - id: never
+      uri: {url}
+      predicates: [Path=/between, "Between=1990-01-01T00:00:00Z, 1991-01-01T00:00:00Z"]
+    - id: headers
+      uri: {url}
+      predicates: ["Path=/h/{{x}}"]
+      filters:
+        - PreserveHostHeader
+        - MapRequestHeader=X-From, X-To
+        - "SetRequestHeader=X-Set, v-{{x}}"
+        - RemoveRequestParameter=drop
+        - "AddRequestHeadersIfNotPresent=X-Default:d,X-From:ignored"
+        - "SetResponseHeader=Content-Type, application/x-keel"
+        - RemoveResponseHeader=Content-Length
+        - "AddResponseHeader=X-Echo, left-right"
+        - "RewriteResponseHeader=X-Echo, (\\w+)-(\\w+), $2-$1"
+    - id: host
+      uri: {url}
+      predicates: [Path=/sethost]
+      filters: [SetRequestHostHeader=api.internal]
+    - id: head-size
+      uri: {url}
+      predicates: [Path=/small-head]
+      filters: ["RequestHeaderSize=200B"]
+    - id: body
+      uri: no://op
+      predicates: [Path=/body]
+      filters: ["SetResponseBody=hello, text/plain"]
+"#,
+        url = up.url()
+    ))
+    .await;
+    let c = client();
+    // Weight: both routes of the group are drawn, roughly half each.
+    let mut a = 0;
+    for _ in 0..200 {
+        let res = c.get(gw.url("/w")).send().await.unwrap();
+        if res.headers()["x-pick"] == "a" {
+            a += 1;
+        }
+    }
+    assert!((50..=150).contains(&a), "{a} of 200 went to a");
+    // RemoteAddr: the client is 127.0.0.1.
+    let res = c.get(gw.url("/remote")).send().await.unwrap();
+    assert_eq!(res.headers()["x-remote"], "local");
+    assert_eq!(c.get(gw.url("/time")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/between")).send().await.unwrap().status(),
+        404
+    );
+    // Request and response header filters.
+    let res = c
+        .get(gw.url("/h/7?keep=1&drop=2"))
+        .header("host", "public.example")
+        .header("x-from", "f")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "application/x-keel");
+    assert_eq!(res.headers()["x-echo"], "right-left");
+    let v: Value = res.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["host"], "public.example");
+    assert_eq!(h["x-to"], "f");
+    assert_eq!(h["x-set"], "v-7");
+    assert_eq!(h["x-default"], "d");
+    assert_eq!(h["x-from"], "f");
+    assert_eq!(v["query"], "keep=1");
+    let v: Value = c
+        .get(gw.url("/sethost"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["host"], "api.internal");
+    let p = problem(
+        c.get(gw.url("/small-head"))
+            .header("x-long", "l".repeat(300))
+            .send()
+            .await
+            .unwrap(),
+        431,
+    )
+    .await;
+    assert_eq!(p["route"], "head-size");
+    let res = c.get(gw.url("/body")).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/plain");
+    assert_eq!(res.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn per_route_connect_timeout() {
+    // A listener whose accept queue is full: further connection attempts hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - id: full\n      uri: http://{addr}\n      predicates: [Path=/**]\n      metadata: {{ connect-timeout: 150, response-timeout: 5000 }}\n"
+    ))
+    .await;
+    let t0 = std::time::Instant::now();
+    let p = problem(client().get(gw.url("/x")).send().await.unwrap(), 502).await;
+    assert!(p["detail"].as_str().unwrap().contains("connect"), "{p}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    drop(listener);
+}
