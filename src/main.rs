@@ -151,13 +151,21 @@ enum Example {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Gateway {
-        workers: Some(n), ..
-    } = &cli.command
-    {
-        builder.worker_threads((*n).max(1));
-    }
+    // `keel gateway --workers 1` runs on a single-threaded runtime: no work stealing, no
+    // cross-thread wake-ups — the shape nginx's one worker has.
+    let mut builder = match &cli.command {
+        Command::Gateway {
+            workers: Some(1), ..
+        } => tokio::runtime::Builder::new_current_thread(),
+        Command::Gateway {
+            workers: Some(n), ..
+        } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads((*n).max(1));
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

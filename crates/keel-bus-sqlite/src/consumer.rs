@@ -12,7 +12,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use keel_messaging::{
-    AfterFailure, BusError, Consumer, Delivery, Handler, Message, Subscription, new_id,
+    AfterFailure, BusError, Consumer, Delivery, Handler, HandlerError, Message, Subscription,
+    handle_catching_panics, headers, new_id,
 };
 use keel_store::now_ms;
 use sqlx::Row;
@@ -270,7 +271,7 @@ impl Member {
         seq: i64,
         message: &Message,
         attempts: u32,
-        error: &keel_messaging::HandlerError,
+        error: &HandlerError,
     ) -> Result<(), BusError> {
         let dl = self.sub.dead_letter_message(message, attempts, error);
         let mut tx = self.bus.store.begin().await.map_err(unavailable)?;
@@ -361,12 +362,9 @@ impl Member {
                 let message = match decode(&self.sub.destination, row) {
                     Ok(m) => m,
                     Err(e) => {
-                        // A row that cannot even be read goes to the dead letters unopened.
-                        let raw =
-                            Message::new(self.sub.destination.clone(), serde_json::Value::Null);
-                        let err = keel_messaging::HandlerError::reject(format!(
-                            "unreadable message: {e}"
-                        ));
+                        // A row that cannot be read goes to the dead letters as stored: its
+                        // id, key, headers and payload text kept, the decode error attached.
+                        let (raw, err) = unreadable(&self.sub.destination, row, &e);
                         if self
                             .dead_letter(partition, seq, &raw, attempts + 1, &err)
                             .await
@@ -376,6 +374,7 @@ impl Member {
                         }
                         committed = seq;
                         attempts = 0;
+                        progressed = false;
                         continue;
                     }
                 };
@@ -384,7 +383,10 @@ impl Member {
                     attempt: attempts + 1,
                     partition,
                 };
-                match self.handler.handle(delivery).await {
+                // A panic is a failed attempt like any other error: caught here, it follows
+                // the redelivery and dead-letter rules instead of killing this task (which
+                // would restart at the same offset with the attempt count unchanged).
+                match handle_catching_panics(self.handler.as_ref(), delivery).await {
                     Ok(()) => {
                         committed = seq;
                         attempts = 0;
@@ -432,13 +434,46 @@ impl Member {
     }
 }
 
+/// The dead-letter copy of a row that [`decode`] refused, and the error to attach: the
+/// row's id and key; its headers when they parse (else empty, with the stored text in
+/// `keel-raw-headers`); its payload when it parses (else the stored text as a JSON string,
+/// marked by `keel-raw-payload: true`).
+fn unreadable(destination: &str, row: &sqlx::any::AnyRow, error: &str) -> (Message, HandlerError) {
+    let text = |c: &str| row.try_get::<String, _>(c).ok();
+    let mut m = Message::new(destination.to_owned(), serde_json::Value::Null);
+    if let Some(id) = text("message_id") {
+        m.id = id;
+    }
+    m.key = row.try_get::<Option<String>, _>("msg_key").ok().flatten();
+    if let Some(h) = text("headers") {
+        match serde_json::from_str(&h) {
+            Ok(parsed) => m.headers = parsed,
+            Err(_) => {
+                m.headers.clear();
+                m.headers.insert(headers::RAW_HEADERS.to_owned(), h);
+            }
+        }
+    }
+    if let Some(p) = text("payload") {
+        m.payload = serde_json::from_str(&p).unwrap_or_else(|_| {
+            m.headers
+                .insert(headers::RAW_PAYLOAD.to_owned(), "true".to_owned());
+            serde_json::Value::String(p)
+        });
+    }
+    (
+        m,
+        HandlerError::reject(format!("unreadable message: {error}")),
+    )
+}
+
 fn decode(destination: &str, row: &sqlx::any::AnyRow) -> Result<Message, String> {
     let s = |c: &str| row.try_get::<String, _>(c).map_err(|e| e.to_string());
     Ok(Message {
         id: s("message_id")?,
         destination: destination.to_owned(),
         key: row.try_get("msg_key").map_err(|e| e.to_string())?,
-        headers: serde_json::from_str(&s("headers")?).map_err(|e| e.to_string())?,
-        payload: serde_json::from_str(&s("payload")?).map_err(|e| e.to_string())?,
+        headers: serde_json::from_str(&s("headers")?).map_err(|e| format!("headers: {e}"))?,
+        payload: serde_json::from_str(&s("payload")?).map_err(|e| format!("payload: {e}"))?,
     })
 }

@@ -145,7 +145,10 @@ impl SqliteBus {
         let mut tx = self.store.begin().await.map_err(unavailable)?;
         for m in messages {
             validate_name(&m.destination).map_err(BusError::Invalid)?;
-            let headers = serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".into());
+            // A message published from a traced task joins its trace (unless it has one).
+            let mut headers = m.headers.clone();
+            keel_messaging::trace::inject(&mut headers);
+            let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into());
             let payload = serde_json::to_string(&m.payload).unwrap_or_else(|_| "null".into());
             sqlx::query(
                 "INSERT INTO bus_messages (destination, partition, message_id, msg_key, headers, payload, created_at) \

@@ -280,3 +280,227 @@ async fn commands_get_replies_matched_by_correlation_id() {
         .unwrap_err();
     assert!(err.to_string().contains("no reply"), "{err}");
 }
+
+#[tokio::test]
+async fn a_panicking_handler_counts_as_a_failed_attempt_and_is_dead_lettered() {
+    let dir = TempDir::new("bus-panic");
+    let bus = SqliteBus::open_with(&dir.sqlite_url("bus.db"), fast())
+        .await
+        .unwrap();
+    let attempts: Arc<Mutex<Vec<(i64, u32)>>> = Arc::default();
+    let a = attempts.clone();
+    let handler = handler_fn(move |d: Delivery| {
+        let a = a.clone();
+        async move {
+            let n = d.message.payload["n"].as_i64().unwrap();
+            a.lock().unwrap().push((n, d.attempt));
+            match (n, d.attempt) {
+                (0, _) => panic!("handler bug on message 0"),
+                (1, 1) => panic!("flaky on the first try"),
+                _ => Ok(()),
+            }
+        }
+    });
+    let sub = Subscription::new("boom", "g")
+        .max_attempts(3)
+        .backoff(Duration::from_millis(20), Duration::from_millis(80));
+    let c = bus.subscribe(sub, handler).await.unwrap();
+    let dead: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let dh = dead.clone();
+    let dl = bus
+        .subscribe(
+            Subscription::new("boom.dlq", "ops"),
+            handler_fn(move |d: Delivery| {
+                let dh = dh.clone();
+                async move {
+                    dh.lock().unwrap().push(d.message);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let sent: Vec<Message> = (0..3).map(|n| msg("boom", "same", n)).collect();
+    for m in &sent {
+        bus.publish(m).await.unwrap();
+    }
+    until("the panicking message dead-lettered", || {
+        dead.lock().unwrap().len() == 1
+    })
+    .await;
+    until("the later messages of the partition delivered", || {
+        attempts.lock().unwrap().iter().any(|(n, _)| *n == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        attempts.lock().unwrap().clone(),
+        vec![(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (2, 1)],
+        "a panic is a failed attempt: retried with backoff, then dead-lettered, in order"
+    );
+    let d = dead.lock().unwrap()[0].clone();
+    assert_eq!(d.id, sent[0].id, "the dead letter is the original message");
+    assert_eq!(d.payload, sent[0].payload);
+    assert_eq!(d.header(headers::ATTEMPTS), Some("3"));
+    let error = d.header(headers::ERROR).unwrap();
+    assert!(
+        error.contains("panicked") && error.contains("handler bug on message 0"),
+        "{error}"
+    );
+    c.stop().await;
+    dl.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_row_is_dead_lettered_with_its_raw_contents() {
+    let dir = TempDir::new("bus-raw");
+    let bus = SqliteBus::open_with(&dir.sqlite_url("bus.db"), fast())
+        .await
+        .unwrap();
+    let partition = i64::from(keel_messaging::message::partition_of(
+        "k",
+        fast().partitions,
+    ));
+    // Rows written by something other than Keel: a payload that is not JSON, and headers
+    // that are not a JSON object of strings.
+    for (id, hdrs, payload) in [
+        ("raw-1", r#"{"type":"OrderCreated"}"#, "not json {"),
+        ("raw-2", "nope", r#"{"n":1}"#),
+    ] {
+        bus.store()
+            .write(
+                sqlx::query(
+                    "INSERT INTO bus_messages (destination, partition, message_id, msg_key, headers, payload, created_at) \
+                     VALUES ('raw', $1, $2, 'k', $3, $4, $5)",
+                )
+                .bind(partition)
+                .bind(id)
+                .bind(hdrs)
+                .bind(payload)
+                .bind(keel_store::now_ms()),
+            )
+            .await
+            .unwrap();
+    }
+    bus.publish(&msg("raw", "k", 2)).await.unwrap();
+    let log: Log = Arc::default();
+    let c = bus
+        .subscribe(Subscription::new("raw", "g"), recorder(log.clone()))
+        .await
+        .unwrap();
+    let dead: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let dh = dead.clone();
+    let dl = bus
+        .subscribe(
+            Subscription::new("raw.dlq", "ops"),
+            handler_fn(move |d: Delivery| {
+                let dh = dh.clone();
+                async move {
+                    dh.lock().unwrap().push(d.message);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    until("both unreadable rows dead-lettered", || {
+        dead.lock().unwrap().len() == 2
+    })
+    .await;
+    until("the readable one delivered", || {
+        log.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(log.lock().unwrap()[0], ("k".to_owned(), 2));
+    let dead = dead.lock().unwrap().clone();
+    let (a, b) = (&dead[0], &dead[1]);
+    assert_eq!(a.id, "raw-1");
+    assert_eq!(a.key.as_deref(), Some("k"));
+    assert_eq!(a.message_type(), Some("OrderCreated"), "headers kept");
+    assert_eq!(
+        a.payload,
+        json!("not json {"),
+        "the payload's stored text kept"
+    );
+    assert_eq!(a.header(headers::RAW_PAYLOAD), Some("true"));
+    assert!(a.header(headers::ERROR).unwrap().contains("unreadable"));
+    assert_eq!(a.header(headers::ORIGINAL_DESTINATION), Some("raw"));
+    assert_eq!(b.id, "raw-2");
+    assert_eq!(
+        b.header(headers::RAW_HEADERS),
+        Some("nope"),
+        "the headers' stored text kept"
+    );
+    assert_eq!(b.payload, json!({"n": 1}));
+    assert!(b.header(headers::ERROR).unwrap().contains("headers"));
+    c.stop().await;
+    dl.stop().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_by_age_and_keeps_the_newest_per_destination() {
+    let dir = TempDir::new("bus-retention");
+    let settings = Settings {
+        retention: Duration::from_secs(3600),
+        max_messages: 5,
+        ..fast()
+    };
+    let bus = SqliteBus::open_with(&dir.sqlite_url("bus.db"), settings)
+        .await
+        .unwrap();
+    let ids = |dest: &'static str| {
+        let store = bus.store().clone();
+        async move {
+            sqlx::query_as::<_, (i64,)>(
+                "SELECT seq FROM bus_messages WHERE destination = $1 ORDER BY seq",
+            )
+            .bind(dest)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s,)| s)
+            .collect::<Vec<i64>>()
+        }
+    };
+    // "old": 3 messages, 2 of them older than the retention age. "big": 12 recent ones.
+    // "small": 3 recent ones, under both limits.
+    for n in 0..3 {
+        bus.publish(&msg("old", "k", n)).await.unwrap();
+    }
+    let old = ids("old").await;
+    bus.store()
+        .write(
+            sqlx::query("UPDATE bus_messages SET created_at = $1 WHERE seq <= $2")
+                .bind(keel_store::now_ms() - 3_600_001)
+                .bind(old[1]),
+        )
+        .await
+        .unwrap();
+    for n in 0..12 {
+        bus.publish(&msg("big", &format!("k{n}"), n)).await.unwrap();
+    }
+    for n in 0..3 {
+        bus.publish(&msg("small", "k", n)).await.unwrap();
+    }
+    let big = ids("big").await;
+    let small = ids("small").await;
+
+    assert_eq!(bus.enforce_retention().await.unwrap(), 2 + 7);
+    assert_eq!(ids("old").await, old[2..], "older than the age limit: gone");
+    assert_eq!(ids("big").await, big[7..], "only the newest 5 kept");
+    assert_eq!(ids("small").await, small, "under both limits: untouched");
+    assert_eq!(bus.enforce_retention().await.unwrap(), 0, "idempotent");
+
+    // A consumer whose group never read the deleted messages starts at the oldest retained.
+    let log: Log = Arc::default();
+    let c = bus
+        .subscribe(Subscription::new("big", "late"), recorder(log.clone()))
+        .await
+        .unwrap();
+    until("the 5 retained", || log.lock().unwrap().len() == 5).await;
+    let mut got: Vec<i64> = log.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    got.sort();
+    assert_eq!(got, (7..12).collect::<Vec<_>>());
+    c.stop().await;
+}

@@ -1,10 +1,12 @@
-//! Crash tests with real processes: a consumer is killed with SIGKILL mid-stream and a
-//! relay is killed mid-batch; nothing is lost, nothing is applied twice, per-key order holds.
+//! Crash tests with real processes: a consumer is killed with SIGKILL mid-stream, a relay
+//! is killed mid-batch, and — on PostgreSQL, when `KEEL_TEST_DATABASE_URL` is set — the
+//! leader of two relay processes is killed while the service keeps committing; nothing is
+//! lost, nothing is applied twice, per-key order holds.
 //!
 //! The worker processes are this test binary re-executed in a worker mode (selected by an
 //! environment variable), so the tests need nothing but themselves.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{collections::HashMap, process::Stdio, sync::Arc, time::Duration};
 
 use keel_bus_sqlite::{Settings, SqliteBus};
 use keel_messaging::{Bus, Delivery, HandlerError, Inbox, Message, Outbox, Subscription};
@@ -260,5 +262,170 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_are_dropped() {
     assert_eq!(outbox.backlog().await.unwrap(), 0);
     relay2.start_kill().unwrap();
     let _ = relay2.wait().await;
+    c.stop().await;
+}
+
+/// Which of `relays` is the active relay of `outbox`: on PostgreSQL the session holding the
+/// advisory lock names it (`application_name`); on SQLite the lease row names its process.
+async fn relay_leader(
+    store: &Store,
+    outbox: &Outbox,
+    relays: &HashMap<&'static str, tokio::process::Child>,
+) -> Option<&'static str> {
+    match outbox.relay_lock_key() {
+        Some(key) => {
+            let (app,) = sqlx::query_as::<_, (String,)>(
+                "SELECT COALESCE(a.application_name, '') FROM pg_locks l \
+                 JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted \
+                   AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+            )
+            .bind(key >> 32)
+            .bind(key & 0xffff_ffff)
+            .fetch_optional(store.pool())
+            .await
+            .unwrap()?;
+            relays.keys().copied().find(|name| *name == app)
+        }
+        None => {
+            let (holder,) = sqlx::query_as::<_, (String,)>(
+                "SELECT holder FROM keel_outbox_relay WHERE lease_until > $1",
+            )
+            .bind(keel_store::now_ms())
+            .fetch_optional(store.pool())
+            .await
+            .unwrap()?;
+            let pid: u32 = holder.split(':').next()?.parse().ok()?;
+            relays
+                .iter()
+                .find(|(_, child)| child.id() == Some(pid))
+                .map(|(name, _)| *name)
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_relay_processes_on_sqlite_survive_killing_the_leader() {
+    let dir = TempDir::new("crash-sqlite-relays");
+    let url = dir.sqlite_url("service.db");
+    let producer = Store::connect(&url).await.unwrap();
+    two_relay_processes_survive_killing_the_leader(&dir, producer, |_| url.clone()).await;
+}
+
+#[tokio::test]
+async fn two_relay_processes_on_postgres_survive_killing_the_leader() {
+    let Some((producer, url)) =
+        keel_store::testing::fresh_postgres("two_relay_processes_on_postgres")
+            .await
+            .unwrap()
+    else {
+        return;
+    };
+    let dir = TempDir::new("crash-pg-relays");
+    // Each relay names its sessions, so the lock holder tells which process leads.
+    two_relay_processes_survive_killing_the_leader(&dir, producer, |name| {
+        format!("{url}&application_name={name}")
+    })
+    .await;
+}
+
+/// Two relay processes on one outbox while the service keeps committing; the leader is
+/// killed with SIGKILL mid-stream. The standby takes over: nothing lost, per-key order
+/// kept, and whatever the dead leader had published but not yet deleted (published again
+/// by the survivor) is dropped by the consumer's inbox.
+async fn two_relay_processes_survive_killing_the_leader(
+    dir: &TempDir,
+    producer: Store,
+    relay_url: impl Fn(&str) -> String,
+) {
+    let bus_url = dir.sqlite_url("bus.db");
+    let outbox = Outbox::new(producer.clone()).await.unwrap();
+    // The consumer (this process) applies through its inbox, in the service's store.
+    producer.migrate("crash", APPLIED).await.unwrap();
+    let bus = SqliteBus::open_with(&bus_url, settings()).await.unwrap();
+    let inbox = Inbox::new(producer.clone(), "crash-consumer")
+        .await
+        .unwrap();
+    let c = inbox
+        .subscribe(
+            &bus,
+            Subscription::new("work", "workers"),
+            |mut tx, d: Delivery| async move {
+                let n = d.message.payload["n"]
+                    .as_i64()
+                    .ok_or_else(|| HandlerError::reject("no n"))?;
+                sqlx::query("INSERT INTO applied (msg_key, n) VALUES ($1, $2)")
+                    .bind(d.message.key.clone().unwrap_or_default())
+                    .bind(n)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(HandlerError::retry)?;
+                Ok(tx)
+            },
+        )
+        .await
+        .unwrap();
+
+    let mut relays = HashMap::new();
+    for name in ["relay-a", "relay-b"] {
+        relays.insert(name, spawn_worker("relay", &bus_url, &relay_url(name)));
+    }
+    let total = 600;
+    let writer = {
+        let (producer, outbox) = (producer.clone(), outbox.clone());
+        tokio::spawn(async move {
+            for chunk in 0..total / 20 {
+                let mut tx = producer.begin().await.unwrap();
+                for n in chunk * 20..(chunk + 1) * 20 {
+                    let m = Message::new("work", json!({ "n": n })).with_key(format!("k{}", n % 8));
+                    outbox.send(&mut tx, &m).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let got = wait_count(&producer, "SELECT COUNT(*) FROM applied", 100, 30).await;
+    assert!(got >= 100, "relaying started ({got})");
+    let leader = relay_leader(&producer, &outbox, &relays)
+        .await
+        .expect("one relay leads");
+    let mut dead = relays.remove(leader).unwrap();
+    dead.start_kill().unwrap(); // SIGKILL, mid-stream (and most likely mid-batch)
+    let _ = dead.wait().await;
+    writer.await.unwrap();
+
+    let done = wait_count(
+        &producer,
+        "SELECT COUNT(DISTINCT n) FROM applied",
+        total,
+        60,
+    )
+    .await;
+    assert_eq!(done, total, "the standby took over: nothing lost");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once_in_order(&producer, total).await;
+    assert_eq!(outbox.backlog().await.unwrap(), 0);
+    let survivor = *relays.keys().next().unwrap();
+    assert_eq!(
+        relay_leader(&producer, &outbox, &relays).await,
+        Some(survivor)
+    );
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT message_id) FROM bus_messages WHERE destination = 'work'",
+    )
+    .fetch_one(bus.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(distinct, total);
+    eprintln!(
+        "{:?}: killed {leader}: {} of {total} messages published twice, each applied once",
+        producer.backend(),
+        rows - distinct
+    );
+    for (_, mut r) in relays {
+        r.start_kill().unwrap();
+        let _ = r.wait().await;
+    }
     c.stop().await;
 }

@@ -332,3 +332,139 @@ async fn concurrent_transactions_committing_out_of_order_lose_nothing() {
         c.stop().await;
     }
 }
+
+#[tokio::test]
+async fn inbox_subscribe_applies_a_republished_message_once() {
+    let dir = TempDir::new("inbox-subscribe");
+    for store in stores(&dir, "inbox_subscribe_applies_a_republished_message_once").await {
+        let backend = store.backend();
+        store.migrate("t", APPLIED).await.unwrap();
+        let bus = SqliteBus::open(&dir.sqlite_url(&format!("bus-sub-{backend:?}.db")))
+            .await
+            .unwrap();
+        let dest = format!("sub-{backend:?}").to_lowercase();
+        let inbox = Inbox::new(store.clone(), "kitchen").await.unwrap();
+        let c = inbox
+            .subscribe(
+                &bus,
+                Subscription::new(dest.clone(), "kitchen"),
+                |mut tx, d: Delivery| async move {
+                    sqlx::query("INSERT INTO applied (msg_key, n) VALUES ($1, $2)")
+                        .bind(d.message.key.clone().unwrap_or_default())
+                        .bind(d.message.payload["n"].as_i64().unwrap_or(-1))
+                        .execute(tx.conn())
+                        .await
+                        .map_err(HandlerError::retry)?;
+                    Ok(tx)
+                },
+            )
+            .await
+            .unwrap();
+        // The same message three times (a relay crash between publish and delete, a
+        // replay), then another one.
+        let m = Message::new(dest.clone(), json!({"n": 1})).with_key("k");
+        for _ in 0..3 {
+            bus.publish(&m).await.unwrap();
+        }
+        bus.publish(&Message::new(dest.clone(), json!({"n": 2})).with_key("k"))
+            .await
+            .unwrap();
+        assert_eq!(
+            until(&store, "SELECT COUNT(*) FROM applied WHERE n = 2", 1).await,
+            1,
+            "{backend:?}"
+        );
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM applied").await,
+            2,
+            "{backend:?}: the duplicates were dropped"
+        );
+        c.stop().await;
+    }
+}
+
+tokio::task_local! {
+    /// The test's stand-in for the chassis's current trace context.
+    static TRACE: keel_messaging::trace::TraceHeaders;
+}
+
+fn current_trace() -> Option<keel_messaging::trace::TraceHeaders> {
+    TRACE.try_with(Clone::clone).ok()
+}
+
+#[tokio::test]
+async fn outbox_and_publish_carry_the_current_trace_context() {
+    use keel_messaging::headers::{TRACEPARENT, TRACESTATE};
+    keel_messaging::trace::set_source(current_trace);
+    let cx = keel_messaging::trace::TraceHeaders {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: Some("keel=t".into()),
+    };
+    let dir = TempDir::new("trace");
+    for store in stores(&dir, "outbox_and_publish_carry_the_current_trace_context").await {
+        let backend = store.backend();
+        let bus = SqliteBus::open(&dir.sqlite_url(&format!("bus-trace-{backend:?}.db")))
+            .await
+            .unwrap();
+        let dest = format!("trace-{backend:?}").to_lowercase();
+        let got: Arc<std::sync::Mutex<Vec<Message>>> = Arc::default();
+        let g = got.clone();
+        let c = bus
+            .subscribe(
+                Subscription::new(dest.clone(), "g"),
+                keel_messaging::handler_fn(move |d: Delivery| {
+                    let g = g.clone();
+                    async move {
+                        g.lock().unwrap().push(d.message);
+                        Ok(())
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        let outbox = Outbox::new(store.clone()).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            outbox
+                .clone()
+                .run_relay(Arc::new(bus.clone()), stop.clone()),
+        );
+        let msg = |n: i64| Message::new(dest.clone(), json!({"n": n})).with_key("k");
+        TRACE
+            .scope(cx.clone(), async {
+                // Sent through the outbox inside a traced request: the relay (another task,
+                // later) publishes it with the request's context.
+                let mut tx = store.begin().await.unwrap();
+                outbox.send(&mut tx, &msg(0)).await.unwrap();
+                // One that belongs to a trace already keeps it.
+                outbox
+                    .send(&mut tx, &msg(1).with_header(TRACEPARENT, "00-own-01"))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                // Published directly.
+                bus.publish(&msg(2)).await.unwrap();
+            })
+            .await;
+        // Outside any trace: nothing added.
+        bus.publish(&msg(3)).await.unwrap();
+        for _ in 0..400 {
+            if got.lock().unwrap().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 4, "{backend:?}");
+        got.sort_by_key(|m| m.payload["n"].as_i64());
+        let tp = |m: &Message| m.header(TRACEPARENT).map(str::to_owned);
+        assert_eq!(tp(&got[0]), Some(cx.traceparent.clone()), "{backend:?}");
+        assert_eq!(got[0].header(TRACESTATE), Some("keel=t"));
+        assert_eq!(tp(&got[1]).as_deref(), Some("00-own-01"));
+        assert_eq!(got[1].header(TRACESTATE), None);
+        assert_eq!(tp(&got[2]), Some(cx.traceparent.clone()));
+        assert_eq!(tp(&got[3]), None);
+        stop.cancel();
+        c.stop().await;
+    }
+}

@@ -11,7 +11,12 @@
 //!   the later messages of its partition until it succeeds or is dead-lettered;
 //! - **redelivery with backoff**, then the **dead-letter destination** after
 //!   `max_attempts`, with the error attached; [`HandlerError::Reject`] dead-letters at once
-//!   (a payload that does not deserialize never blocks its partition).
+//!   (a payload that does not deserialize never blocks its partition);
+//! - a handler that **panics** has failed that attempt, like a [`HandlerError::Retry`]
+//!   ([`handle_catching_panics`]); the consumer keeps running.
+//!
+//! [`Bus::subscribe`] is the raw at-least-once API; services consume through
+//! [`Inbox::subscribe`](crate::Inbox::subscribe), which drops duplicates.
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,6 +57,16 @@ impl HandlerError {
     pub fn reject(e: impl std::fmt::Display) -> Self {
         HandlerError::Reject(e.to_string())
     }
+    /// The failed attempt a handler's panic stands for: retryable (a panic may come from a
+    /// transient state), so it follows the redelivery and dead-letter rules like any error.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string value".to_owned());
+        HandlerError::Retry(format!("handler panicked: {what}"))
+    }
 }
 
 /// One delivery of a message to a handler.
@@ -69,6 +84,21 @@ pub struct Delivery {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one delivery; `Ok` acknowledges it.
     fn handle(&self, delivery: Delivery) -> BoxFuture<'_, Result<(), HandlerError>>;
+}
+
+/// Runs `handler` on `delivery`, turning a panic (while building or polling its future)
+/// into a failed attempt ([`HandlerError::from_panic`]). Backends call handlers through this,
+/// so a handler bug never kills the task that owns a partition.
+pub async fn handle_catching_panics(
+    handler: &dyn Handler,
+    delivery: Delivery,
+) -> Result<(), HandlerError> {
+    use futures::FutureExt;
+    let fut = std::panic::AssertUnwindSafe(async move { handler.handle(delivery).await });
+    match fut.catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(HandlerError::from_panic(panic.as_ref())),
+    }
 }
 
 struct FnHandler<F>(F);

@@ -1,14 +1,19 @@
 //! The idempotent inbox: a handler's effects and the record "message X was handled by
 //! consumer C" commit in one transaction, so a redelivered message is recognised and
-//! skipped — at-least-once delivery, exactly-once effect. Enabled by wrapping handlers with
-//! [`Inbox::handler`]; duplicates are counted in `keel_inbox_duplicates_total`.
+//! skipped — at-least-once delivery, exactly-once effect. Duplicates are counted in
+//! `keel_inbox_duplicates_total`.
+//!
+//! [`Inbox::subscribe`] is the way services consume: it subscribes through the inbox, so
+//! deduplication is on by construction. Plain [`Bus::subscribe`] is the raw at-least-once
+//! API (for handlers that are idempotent by themselves, or have no store); a handler that
+//! must run elsewhere can still be wrapped with [`Inbox::handler`].
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use keel_store::{Migration, Store, StoreError, Tx, now_ms};
 
-use crate::bus::{Delivery, Handler, HandlerError};
+use crate::bus::{Bus, BusError, Consumer, Delivery, Handler, HandlerError, Subscription};
 
 /// The inbox table.
 pub const MIGRATIONS: &[Migration] = &[Migration::new(
@@ -79,7 +84,43 @@ impl Inbox {
         Ok(Processed::Applied)
     }
 
-    /// A bus handler that runs `f` inside [`Inbox::process`].
+    /// Consumes `subscription` on `bus` through this inbox: each delivery runs `f` inside
+    /// [`Inbox::process`], so `f`'s writes on the transaction it gets and the record of the
+    /// message id commit together, and a redelivered or republished message is skipped.
+    /// `f` returns the transaction to commit, or an error (the transaction rolls back and
+    /// the bus redelivers or dead-letters as usual).
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: &dyn keel_messaging::Bus, store: keel_store::Store) -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_messaging::{HandlerError, Inbox, Subscription};
+    /// let inbox = Inbox::new(store, "kitchen.order-events").await?;
+    /// let consumer = inbox
+    ///     .subscribe(bus, Subscription::new("order.events", "kitchen"), |mut tx, d| async move {
+    ///         sqlx::query("INSERT INTO tickets (order_id) VALUES ($1)")
+    ///             .bind(d.message.key.clone().unwrap_or_default())
+    ///             .execute(tx.conn())
+    ///             .await
+    ///             .map_err(HandlerError::retry)?;
+    ///         Ok(tx)
+    ///     })
+    ///     .await?;
+    /// # consumer.stop().await; Ok(()) }
+    /// ```
+    pub async fn subscribe<F, Fut>(
+        &self,
+        bus: &dyn Bus,
+        subscription: Subscription,
+        f: F,
+    ) -> Result<Consumer, BusError>
+    where
+        F: Fn(Tx, Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Tx, HandlerError>> + Send + 'static,
+    {
+        bus.subscribe(subscription, self.clone().handler(f)).await
+    }
+
+    /// A bus handler that runs `f` inside [`Inbox::process`] (what [`Inbox::subscribe`]
+    /// subscribes with).
     pub fn handler<F, Fut>(self, f: F) -> Arc<dyn Handler>
     where
         F: Fn(Tx, Delivery) -> Fut + Send + Sync + 'static,

@@ -29,6 +29,12 @@ pub mod headers {
     pub const ORIGINAL_DESTINATION: &str = "keel-original-destination";
     /// On a dead-lettered message: how many deliveries were attempted.
     pub const ATTEMPTS: &str = "keel-attempts";
+    /// On a dead-lettered message whose stored payload was not JSON: `true`, and the
+    /// payload is a JSON string holding the stored text unchanged.
+    pub const RAW_PAYLOAD: &str = "keel-raw-payload";
+    /// On a dead-lettered message whose stored headers were not a JSON object of strings:
+    /// the stored text unchanged.
+    pub const RAW_HEADERS: &str = "keel-raw-headers";
 }
 
 /// A message.
