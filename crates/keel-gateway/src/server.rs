@@ -79,9 +79,12 @@ pub struct Gateway {
 /// (or `unmatched`), standard methods (others are `OTHER`) and status codes.
 #[derive(Debug, Default)]
 struct RequestMetrics {
-    counters: Mutex<HashMap<(Arc<str>, Method, u16), metrics::Counter>>,
+    counters: Mutex<HashMap<CounterKey, metrics::Counter>>,
     durations: Mutex<HashMap<(Arc<str>, Method), metrics::Histogram>>,
 }
+
+/// Route, method, status.
+type CounterKey = (Arc<str>, Method, u16);
 
 impl RequestMetrics {
     fn record(&self, route: &Arc<str>, method: &Method, status: StatusCode, elapsed: Duration) {
