@@ -111,8 +111,11 @@ enum Bench {
         #[arg(long, default_value_t = 2_000)]
         rate: u32,
         /// Seconds per run.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Alternating rounds of the fixed-rate runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Connections of the saturation runs.
         #[arg(long, default_value_t = 64)]
         connections: u32,
@@ -223,6 +226,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Gateway {
                 rate,
                 seconds,
+                rounds,
                 connections,
                 dir,
                 nginx,
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
                 self_exe: std::env::current_exe()?,
                 rate,
                 seconds,
+                rounds,
                 connections,
                 dir,
                 nginx,

@@ -24,6 +24,8 @@ pub struct Options {
     pub rate: u32,
     /// Seconds per run.
     pub seconds: u32,
+    /// Rounds of the fixed-rate runs (median reported).
+    pub rounds: u32,
     /// Connections of the saturation runs.
     pub connections: u32,
     /// Working directory for generated configs.
@@ -152,6 +154,12 @@ impl Drop for NginxGuard {
     }
 }
 
+/// The run with the median p99 (its other figures come along).
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    runs.get(runs.len() / 2).copied().unwrap_or_default()
+}
+
 /// One oha run's figures.
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
@@ -234,8 +242,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let kg_conf = write("routes.yaml", keel_routes(kg, up))?;
 
     println!(
-        "keel bench gateway: {ROUTES} routes (the measured one last, with a breaker), {} s per run, {} req/s fixed, {} connections saturated",
-        opts.seconds, opts.rate, opts.connections
+        "keel bench gateway: {ROUTES} routes (the measured one last, with a breaker), {} s per run, {} req/s fixed (median of {} alternating rounds), {} connections saturated",
+        opts.seconds, opts.rate, opts.rounds, opts.connections
     );
     println!(
         "  proxies pinned to core 0 (one nginx worker / one gateway worker thread); oha and the upstream on core 1"
@@ -278,9 +286,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
         short.seconds = 1;
         oha(&short, u, None, 16).await?;
     }
-    let direct = oha(&opts, &direct_url, Some(opts.rate), 50).await?;
-    let ng_fixed = oha(&opts, &nginx_url, Some(opts.rate), 50).await?;
-    let kg_fixed = oha(&opts, &keel_url, Some(opts.rate), 50).await?;
+    // Fixed-rate runs alternate (direct, nginx, keel) for `rounds` rounds; each figure is
+    // the median of its rounds, so a burst of noise on the machine hits all three alike.
+    let mut runs: [Vec<Run>; 3] = Default::default();
+    for _ in 0..opts.rounds.max(1) {
+        for (i, u) in [&direct_url, &nginx_url, &keel_url].into_iter().enumerate() {
+            runs[i].push(oha(&opts, u, Some(opts.rate), 50).await?);
+        }
+    }
+    let [direct, ng_fixed, kg_fixed] = runs.map(|r| median(r));
     let ng_sat = oha(&opts, &nginx_url, None, opts.connections).await?;
     let kg_sat = oha(&opts, &keel_url, None, opts.connections).await?;
     let keel_rss = keel.id().map_or(f64::NAN, rss_mib);
