@@ -46,6 +46,9 @@ enum Command {
         /// Runtime worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Check the route file and exit (0 when it loads) instead of serving.
+        #[arg(long)]
+        check: bool,
     },
     /// Benchmarks that print a baseline measured in the same run beside Keel's figure.
     #[command(subcommand)]
@@ -182,6 +185,19 @@ fn main() -> ExitCode {
             Command::Registry { peers, chassis } => keel_registry::run(&chassis, &peers)
                 .await
                 .map_err(Into::into),
+            Command::Gateway {
+                config,
+                profiles,
+                check: true,
+                ..
+            } => {
+                let config =
+                    config.ok_or_else(|| anyhow::anyhow!("--check needs --config FILE"))?;
+                let c = keel_gateway::GatewayConfig::load(&config, &profiles)?;
+                let n = keel_gateway::check(&c)?;
+                println!("{}: {n} routes, valid", config.display());
+                Ok(())
+            }
             Command::Gateway {
                 config,
                 listen,

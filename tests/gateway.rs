@@ -103,3 +103,20 @@ async fn proxies_to_a_greeter_process_and_drains_on_sigterm() {
     greeter.wait_exit(Duration::from_secs(15)).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_repository_route_files_load() {
+    for file in ["services/gateway.yaml", "examples/greeter/routes.yaml"] {
+        let out = keel()
+            .args(["gateway", "--check", "--config", file])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("routes"));
+    }
+}
