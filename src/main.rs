@@ -23,6 +23,23 @@ enum Command {
         /// Topology file.
         #[arg(long, short, default_value = "keel.toml")]
         file: PathBuf,
+        /// Where services keep their databases and the embedded bus (children see it as
+        /// `KEEL_DATA_DIR`).
+        #[arg(long, default_value = ".keel")]
+        data_dir: PathBuf,
+        /// Wipe the data directory first (only a directory Keel created).
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Seed the reference system's demo data through the gateway (once per data directory)
+    /// and print commands to try.
+    Seed {
+        /// The gateway.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        /// The data directory (default: `KEEL_DATA_DIR`, else `.keel`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run the service registry (Eureka-compatible; listens on 127.0.0.1:8761 by default).
     Registry {
@@ -181,7 +198,30 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async move {
         match cli.command {
-            Command::Up { file } => up(file).await,
+            Command::Up {
+                file,
+                data_dir,
+                fresh,
+            } => up(file, data_dir, fresh).await,
+            Command::Seed { gateway, data_dir } => {
+                let dir = data_dir
+                    .or_else(|| std::env::var_os("KEEL_DATA_DIR").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from(".keel"));
+                let seeded = ftgo_system::seed(&gateway, &dir)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                println!(
+                    "demo data: {} consumers, {} restaurants (kept in {})",
+                    seeded.consumers.len(),
+                    seeded.restaurants.len(),
+                    dir.join("seed.json").display()
+                );
+                println!("Try:");
+                for c in ftgo_system::try_commands(&gateway, &seeded) {
+                    println!("  {c}");
+                }
+                Ok(())
+            }
             Command::Registry { peers, chassis } => keel_registry::run(&chassis, &peers)
                 .await
                 .map_err(Into::into),
@@ -299,8 +339,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn up(file: PathBuf) -> anyhow::Result<()> {
+/// Marks a data directory as Keel's, so `--fresh` never wipes anything else.
+const DATA_DIR_MARKER: &str = ".keel-data-dir";
+
+fn prepare_data_dir(dir: &std::path::Path, fresh: bool) -> anyhow::Result<PathBuf> {
+    if fresh && dir.exists() {
+        if !dir.join(DATA_DIR_MARKER).exists() {
+            anyhow::bail!(
+                "--fresh: {} was not created by keel up (no {DATA_DIR_MARKER}); remove it yourself",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(DATA_DIR_MARKER), "")?;
+    Ok(std::fs::canonicalize(dir)?)
+}
+
+async fn up(file: PathBuf, data_dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
     let topology = keel_supervisor::Topology::load(&file)?;
+    let data_dir = prepare_data_dir(&data_dir, fresh)?;
     let self_exe = std::env::current_exe()?;
     let shutdown = tokio_util_token();
     let token = shutdown.clone();
@@ -309,7 +368,10 @@ async fn up(file: PathBuf) -> anyhow::Result<()> {
         token.cancel();
     });
     // Children write to a pipe, so they would log JSON; on a terminal, people want text.
-    let mut env = Vec::new();
+    let mut env = vec![(
+        "KEEL_DATA_DIR".to_owned(),
+        data_dir.to_string_lossy().into_owned(),
+    )];
     if std::io::stdout().is_terminal() && std::env::var_os("KEEL_LOG_FORMAT").is_none() {
         env.push(("KEEL_LOG_FORMAT".to_owned(), "text".to_owned()));
     }
