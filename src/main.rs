@@ -73,6 +73,9 @@ enum Command {
     /// Run one of the example services.
     #[command(subcommand)]
     Example(Example),
+    /// Run one of the reference system's services (food delivery).
+    #[command(subcommand)]
+    Service(RefService),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +167,47 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RefService {
+    /// Consumers: order validation for the create-order saga.
+    Consumer(keel_chassis::ChassisArgs),
+    /// Restaurants, menus and stock.
+    Restaurant(keel_chassis::ChassisArgs),
+    /// Orders: the public order API and the create-order / cancel-order sagas.
+    Order(keel_chassis::ChassisArgs),
+    /// Kitchen tickets.
+    Kitchen(keel_chassis::ChassisArgs),
+    /// Accounts and card authorizations.
+    Accounting(keel_chassis::ChassisArgs),
+}
+
+impl RefService {
+    /// The service's name and arguments, with `app.database` and `app.bus` placed in
+    /// `KEEL_DATA_DIR` (set by `keel up`) unless given explicitly.
+    fn args(self) -> (&'static str, keel_chassis::ChassisArgs) {
+        let (name, mut args) = match self {
+            RefService::Consumer(a) => ("consumer", a),
+            RefService::Restaurant(a) => ("restaurant", a),
+            RefService::Order(a) => ("order", a),
+            RefService::Kitchen(a) => ("kitchen", a),
+            RefService::Accounting(a) => ("accounting", a),
+        };
+        if let Some(dir) = std::env::var_os("KEEL_DATA_DIR") {
+            let dir = PathBuf::from(dir);
+            for (key, file) in [
+                ("app.database", format!("{name}.db")),
+                ("app.bus", "bus.db".into()),
+            ] {
+                if !args.set.iter().any(|s| s.starts_with(&format!("{key}="))) {
+                    args.set
+                        .push(format!("{key}=sqlite://{}", dir.join(file).display()));
+                }
+            }
+        }
+        (name, args)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +369,17 @@ fn main() -> ExitCode {
             })
             .await
             .map_err(anyhow::Error::msg),
+            Command::Service(svc) => {
+                let (name, args) = svc.args();
+                match name {
+                    "consumer" => ftgo_consumer::run(&args).await,
+                    "restaurant" => ftgo_restaurant::run(&args).await,
+                    "kitchen" => ftgo_kitchen::run(&args).await,
+                    "accounting" => ftgo_accounting::run(&args).await,
+                    _ => ftgo_order::run(&args).await,
+                }
+                .map_err(Into::into)
+            }
             Command::Example(Example::Greeter(args)) => {
                 keel_example_greeter::run(&args).await.map_err(Into::into)
             }

@@ -258,6 +258,24 @@ pub mod events {
         /// `PAYMENT_DECLINED`.
         pub reason: String,
     }
+
+    /// kitchen.events: the restaurant accepted a ticket and promised when it will be ready
+    /// (`AWAITING_ACCEPTANCE` → `ACCEPTED`). Partition key: the ticket id.
+    pub const TICKET_ACCEPTED: &str = "TicketAccepted";
+    /// Payload of [`TICKET_ACCEPTED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct TicketAccepted {
+        /// The ticket.
+        pub ticket_id: String,
+        /// Its order.
+        pub order_id: String,
+        /// The restaurant that accepted it.
+        pub restaurant_id: String,
+        /// When the food will be ready: an RFC 3339 timestamp in UTC
+        /// (`2030-01-01T12:30:00Z`).
+        pub ready_by: String,
+    }
 }
 
 /// Order states (the public API's strings).

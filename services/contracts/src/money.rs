@@ -83,7 +83,16 @@ mod tests {
         assert_eq!(Money::parse("12.5").unwrap(), Money(1250));
         assert_eq!(Money::parse("12").unwrap(), Money(1200));
         assert_eq!(Money::parse("0.07").unwrap().to_string(), "0.07");
-        for bad in ["", "-1", "1.234", "a", "1.", ".5", "1e3", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "1.234",
+            "a",
+            "1.",
+            ".5",
+            "1e3",
+            "99999999999999999999",
+        ] {
             assert!(Money::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(serde_json::to_string(&Money(1250)).unwrap(), "\"12.50\"");

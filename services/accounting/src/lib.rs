@@ -1,0 +1,268 @@
+//! Accounting: the reference system's accounts (opened from `ConsumerCreated` on
+//! `consumer.events`) and card authorizations — the pivot of the create-order saga and the
+//! reversal of the cancel-order saga (`accounting.commands`), with the payment decision
+//! behind the [`Authorizer`] trait.
+//!
+//! Run it with `keel service accounting`, or embed it: [`app`] builds the HTTP routes and
+//! the background work (outbox relay, command and event consumers) from an
+//! [`AccountingConfig`].
+
+mod api;
+pub mod authorizer;
+mod commands;
+mod events;
+mod ledger;
+mod openapi;
+
+use std::{io, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use keel_chassis::{
+    ChassisArgs, CheckKind, ComponentHealth, Invalid, Service, Validate, axum::Router,
+};
+use keel_discovery::{Registrar, RegistrationConfig};
+use keel_messaging::{BusError, Inbox, Outbox, Subscription};
+use keel_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use authorizer::{
+    AuthorizationRequest, Authorizer, AuthorizerError, CardRule, Decision, ReversalRequest,
+};
+
+/// The service's name: registry id, consumer group, `lb://accounting`.
+pub const SERVICE: &str = ftgo_contracts::services::ACCOUNTING;
+
+/// Accounting's own settings (`[app]` in its config file, `KEEL_APP__…` in the environment).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// Accounting's database: `sqlite://path/file.db` or `postgres://…`.
+    pub database: String,
+    /// The message bus shared by the services: `sqlite://path/bus.db` or `nats://host:4222`.
+    pub bus: String,
+    /// How long, in milliseconds after it was sent, an `AuthorizeCard` for a consumer
+    /// without an account is retried — waiting for the consumer's `ConsumerCreated` — before
+    /// it is declined with `NO_ACCOUNT`. `0` declines at once. At most 60 000.
+    pub account_wait_ms: u64,
+    /// Register with a Keel (or Eureka) registry when set (`[app.registration]`), under
+    /// `accounting` unless `service` says otherwise.
+    pub registration: Option<RegistrationConfig>,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        Self {
+            database: "sqlite://.keel/accounting.db".to_owned(),
+            bus: "sqlite://.keel/bus.db".to_owned(),
+            account_wait_ms: 2_000,
+            registration: None,
+        }
+    }
+}
+
+impl Validate for AccountingConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(self.database.starts_with("sqlite:")
+            || self.database.starts_with("postgres://")
+            || self.database.starts_with("postgresql://"))
+        {
+            return Err(Invalid::new(
+                "database",
+                format!(
+                    "expected sqlite://… or postgres://…, got {:?}",
+                    self.database
+                ),
+            ));
+        }
+        if !(self.bus.starts_with("sqlite:") || self.bus.starts_with("nats://")) {
+            return Err(Invalid::new(
+                "bus",
+                format!("expected sqlite://… or nats://…, got {:?}", self.bus),
+            ));
+        }
+        if self.account_wait_ms > 60_000 {
+            return Err(Invalid::new("account_wait_ms", "must be at most 60000"));
+        }
+        if let Some(r) = &self.registration
+            && r.enabled
+            && r.registry.is_empty()
+        {
+            return Err(Invalid::new(
+                "registration.registry",
+                "at least one registry URL is required",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why accounting could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("accounting database: {0}")]
+    Store(#[from] StoreError),
+    /// The bus could not be opened or subscribed to.
+    #[error("message bus: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// Accounting ready to serve: its routes, its database and its background work.
+pub struct App {
+    /// The HTTP API: `/payments/…`, `/accounts/…` and `/openapi.json`.
+    pub router: Router,
+    /// Accounting's database (health checks, tests).
+    pub store: Store,
+    /// The outbox relay and the `accounting.commands` and `consumer.events` consumers; ends
+    /// (the messages in hand finished) once the `stop` token given to [`app`] is cancelled.
+    /// Spawn it.
+    pub background: BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs accounting until SIGTERM/SIGINT.
+pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
+    let service = Service::<AccountingConfig>::load(SERVICE, args)?;
+    let config = service.config().clone();
+    keel_messaging::trace::set_source(|| {
+        keel_chassis::trace_context::current().map(|cx| keel_messaging::trace::TraceHeaders {
+            traceparent: cx.traceparent(),
+            tracestate: cx.tracestate,
+        })
+    });
+    let bound = service.bind().await?;
+    let addr = bound.local_addr().map_err(keel_chassis::Error::Serve)?;
+    let app = app(&config, bound.shutdown_token())
+        .await
+        .map_err(|e| keel_chassis::Error::Serve(io::Error::other(e)))?;
+    let store = app.store.clone();
+    bound
+        .health()
+        .register("database", CheckKind::Readiness, move || {
+            let store = store.clone();
+            async move {
+                match store.ping().await {
+                    Ok(()) => ComponentHealth::up(),
+                    Err(e) => ComponentHealth::down(e),
+                }
+            }
+        });
+    bound.spawn(app.background);
+    if let Some(mut reg) = config.registration.clone().filter(|r| r.enabled) {
+        if reg.service.is_empty() {
+            reg.service = SERVICE.to_owned();
+        }
+        if reg.port == 0 {
+            reg.port = addr.port();
+        }
+        // Registers now, heartbeats, and deregisters as soon as draining begins.
+        let registrar = Registrar::new(reg, reqwest::Client::new());
+        bound.spawn(registrar.run(bound.draining_token()));
+    }
+    bound.serve(app.router).await
+}
+
+/// [`app_with`] the reference system's [`CardRule`].
+pub async fn app(config: &AccountingConfig, stop: CancellationToken) -> Result<App, StartError> {
+    app_with(config, Arc::new(CardRule), stop).await
+}
+
+/// Opens the database (migrating it) and the bus, subscribes to `accounting.commands` and
+/// `consumer.events` (group `accounting`) and builds the routes; payments are decided by
+/// `authorizer`. The consumers run from now on; `background` relays the outbox and stops
+/// them once `stop` is cancelled.
+pub async fn app_with(
+    config: &AccountingConfig,
+    authorizer: Arc<dyn Authorizer>,
+    stop: CancellationToken,
+) -> Result<App, StartError> {
+    let store = Store::connect(&config.database).await?;
+    store.migrate(SERVICE, ledger::MIGRATIONS).await?;
+    let bus = keel_bus::connect(&config.bus).await?;
+    let outbox = Outbox::new(store.clone()).await?;
+    let ctx = Arc::new(commands::Ctx {
+        store: store.clone(),
+        authorizer,
+        account_wait_ms: i64::try_from(config.account_wait_ms).unwrap_or(i64::MAX),
+    });
+    // Enough redeliveries (100 ms doubling to 1 s) to outlast the wait for an account.
+    let attempts = 10 + u32::try_from(config.account_wait_ms / 1000).unwrap_or(60);
+    let commands = bus
+        .subscribe(
+            Subscription::new(ftgo_contracts::destinations::ACCOUNTING_COMMANDS, SERVICE)
+                .max_attempts(attempts)
+                .backoff(Duration::from_millis(100), Duration::from_secs(1)),
+            commands::handler(
+                Inbox::new(store.clone(), "accounting.commands").await?,
+                outbox.clone(),
+                ctx,
+            ),
+        )
+        .await?;
+    let consumer_events = Inbox::new(store.clone(), "accounting.consumer-events")
+        .await?
+        .subscribe(
+            bus.as_ref(),
+            Subscription::new(ftgo_contracts::destinations::CONSUMER_EVENTS, SERVICE),
+            events::on_consumer_event,
+        )
+        .await?;
+    let relay = outbox.run_relay(bus, stop.clone());
+    let background = Box::pin(async move {
+        let consume = async move {
+            stop.cancelled().await;
+            tokio::join!(commands.stop(), consumer_events.stop());
+        };
+        tokio::join!(consume, relay);
+    });
+    Ok(App {
+        router: api::router(store.clone()),
+        store,
+        background,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_are_valid_and_bad_values_are_named() {
+        let c = AccountingConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.database, "sqlite://.keel/accounting.db");
+        for (bad, field) in [
+            (
+                AccountingConfig {
+                    database: "mysql://x".to_owned(),
+                    ..AccountingConfig::default()
+                },
+                "database",
+            ),
+            (
+                AccountingConfig {
+                    bus: "kafka://x".to_owned(),
+                    ..AccountingConfig::default()
+                },
+                "bus",
+            ),
+            (
+                AccountingConfig {
+                    account_wait_ms: 3_600_000,
+                    ..AccountingConfig::default()
+                },
+                "account_wait_ms",
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().field, field);
+        }
+    }
+}
