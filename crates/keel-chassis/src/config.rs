@@ -26,7 +26,7 @@ use toml::{Table, Value};
 pub const ENV_PREFIX: &str = "KEEL_";
 
 /// Environment variables with the prefix that are not configuration keys.
-const RESERVED_ENV: &[&str] = &["KEEL_LOG", "KEEL_LOG_FORMAT", "KEEL_CONFIG"];
+const RESERVED_ENV: &[&str] = &["KEEL_LOG", "KEEL_LOG_FORMAT", "KEEL_CONFIG", "KEEL_DATA_DIR"];
 const RESERVED_ENV_PREFIXES: &[&str] = &["KEEL_TEST_"];
 
 /// Where a configuration value came from.
@@ -786,6 +786,7 @@ mod tests {
             Some("app.max_items")
         );
         assert_eq!(env_key("KEEL_LOG"), None);
+        assert_eq!(env_key("KEEL_DATA_DIR"), None);
         assert_eq!(env_key("KEEL_TEST_NATS_URL"), None);
         assert_eq!(env_key("HOME"), None);
     }

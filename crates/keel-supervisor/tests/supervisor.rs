@@ -739,3 +739,60 @@ async fn relative_program_paths_resolve_against_cwd() {
     run.stop().await.0.unwrap();
     assert_eq!(s.read("where").trim(), sub.to_str().unwrap());
 }
+
+#[tokio::test]
+async fn a_one_shot_job_that_succeeds_is_not_a_start_up_failure() {
+    let s = Scratch::new("job");
+    let dir = s.dir();
+    let run = start(
+        &format!(
+            r#"
+            [supervisor]
+            grace_period_ms = 2000
+
+            [[process]]
+            name = "server"
+            command = "/bin/sh"
+            args = ["-c", "exec sleep 30"]
+            ready_after_ms = 50
+
+            [[process]]
+            name = "seed"
+            command = "/bin/sh"
+            args = ["-c", '''echo seeded > "$DIR/seeded"''']
+            env = {{ DIR = "{dir}" }}
+            depends_on = ["server"]
+            restart = "never"
+
+            [[process]]
+            name = "after"
+            command = "/bin/sh"
+            args = ["-c", '''echo after > "$DIR/after"; exec sleep 30''']
+            env = {{ DIR = "{dir}" }}
+            depends_on = ["seed"]
+            ready_after_ms = 50
+            "#
+        ),
+        Vec::new(),
+    );
+    run.capture.wait_for("seed finished").await;
+    run.capture.wait_for("ready:").await;
+    assert_eq!(s.read("seeded").trim(), "seeded");
+    assert_eq!(s.read("after").trim(), "after");
+    let (result, _) = run.stop().await;
+    result.unwrap();
+
+    // A failing job is still a start-up failure.
+    let run = start(
+        r#"
+        [[process]]
+        name = "seed"
+        command = "/bin/sh"
+        args = ["-c", "exit 3"]
+        restart = "never"
+        "#,
+        Vec::new(),
+    );
+    let (result, _) = run.finish().await;
+    assert!(result.unwrap_err().to_string().contains("seed"));
+}

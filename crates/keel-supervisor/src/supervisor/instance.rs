@@ -12,7 +12,7 @@ use super::process::{Running, program};
 use crate::backoff::Backoff;
 use crate::console::{Printer, describe_exit, human_duration};
 use crate::error::StartFailure;
-use crate::topology::{ProcessSpec, Settings};
+use crate::topology::{ProcessSpec, RestartPolicy, Settings};
 
 /// What an instance task reports to the supervisor.
 #[derive(Debug)]
@@ -82,6 +82,14 @@ pub(super) async fn run(
         biased;
         () = stop.cancelled() => None,
         status = running.wait() => Some(Err(match status {
+            Ok(status) if is_finished_job(&spec, status) => {
+                running.drain().await;
+                printer.info(format!("{name} finished"));
+                return report(Event::Ready {
+                    index,
+                    pid: running.pid(),
+                });
+            }
             Ok(status) => StartFailure::Exited { status },
             Err(error) => StartFailure::Wait { error },
         })),
@@ -133,7 +141,7 @@ pub(super) async fn run(
                 });
             }
         };
-        if !all_ready.is_cancelled() {
+        if !all_ready.is_cancelled() && !is_finished_job(&spec, status) {
             return report(Event::StartFailed {
                 index,
                 failure: StartFailure::Exited { status },
@@ -181,4 +189,10 @@ pub(super) async fn run(
             }
         };
     }
+}
+
+/// A one-shot job (`restart = "never"`, no health URL) that exited successfully has done
+/// its work: that is not a start-up failure.
+fn is_finished_job(spec: &ProcessSpec, status: std::process::ExitStatus) -> bool {
+    status.success() && spec.restart == RestartPolicy::Never && spec.health.is_none()
 }
