@@ -26,7 +26,12 @@ use toml::{Table, Value};
 pub const ENV_PREFIX: &str = "KEEL_";
 
 /// Environment variables with the prefix that are not configuration keys.
-const RESERVED_ENV: &[&str] = &["KEEL_LOG", "KEEL_LOG_FORMAT", "KEEL_CONFIG", "KEEL_DATA_DIR"];
+const RESERVED_ENV: &[&str] = &[
+    "KEEL_LOG",
+    "KEEL_LOG_FORMAT",
+    "KEEL_CONFIG",
+    "KEEL_DATA_DIR",
+];
 const RESERVED_ENV_PREFIXES: &[&str] = &["KEEL_TEST_"];
 
 /// Where a configuration value came from.
