@@ -294,7 +294,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             runs[i].push(oha(&opts, u, Some(opts.rate), 50).await?);
         }
     }
-    let [direct, ng_fixed, kg_fixed] = runs.map(|r| median(r));
+    let [direct, ng_fixed, kg_fixed] = runs.map(median);
     let ng_sat = oha(&opts, &nginx_url, None, opts.connections).await?;
     let kg_sat = oha(&opts, &keel_url, None, opts.connections).await?;
     let keel_rss = keel.id().map_or(f64::NAN, rss_mib);
