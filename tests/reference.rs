@@ -1,0 +1,834 @@
+//! The reference system end to end (issue 8): `keel up` runs the repository's own topology
+//! (`keel.toml`: registry, the five services, the gateway and the seed job) as real
+//! processes of the built binary, on free ports and a temporary data directory, and every
+//! check goes through the gateway only — the happy path, each rejection reason with its
+//! compensations, cancel with the authorization reversed and stock restored, bad input,
+//! 50 concurrent orders with totals consistent across services, and the composed
+//! `GET /orders/{id}` with the kitchen process killed.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use support::{Proc, free_port, keel, wait_healthy};
+
+/// How long one order may take to reach a terminal state.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two polls: from 50 ms, growing by half up to 500 ms (50 orders polled at
+/// once must not starve the services on a small CI machine).
+fn pause(attempt: &mut u32) -> Duration {
+    let ms = (50.0 * 1.5_f64.powi(*attempt as i32)).min(500.0);
+    *attempt += 1;
+    Duration::from_millis(ms as u64)
+}
+
+const DECLINED_CARD: &str = "4000000000000002";
+
+// ---------------------------------------------------------------- the system
+
+/// Ports of one run.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    registry: u16,
+    consumer: u16,
+    restaurant: u16,
+    order: u16,
+    kitchen: u16,
+    accounting: u16,
+    gateway: u16,
+}
+
+impl Ports {
+    fn pick() -> Self {
+        loop {
+            let p: Vec<u16> = (0..7).map(|_| free_port()).collect();
+            let mut sorted = p.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() == p.len() {
+                return Self {
+                    registry: p[0],
+                    consumer: p[1],
+                    restaurant: p[2],
+                    order: p[3],
+                    kitchen: p[4],
+                    accounting: p[5],
+                    gateway: p[6],
+                };
+            }
+        }
+    }
+}
+
+/// `text` with every `from` replaced by `to`; `from` must occur (the repository's file
+/// changed otherwise, and this test must follow it).
+fn replace(text: &str, from: &str, to: &str, file: &str) -> String {
+    assert!(
+        text.contains(from),
+        "{file} no longer contains {from:?}; update tests/reference.rs"
+    );
+    text.replace(from, to)
+}
+
+/// The repository's `keel.toml` moved to `ports` and `dir`; the kitchen is not restarted
+/// (the test kills it on purpose).
+fn topology(repo: &Path, dir: &Path, ports: Ports) -> String {
+    let service_toml = dir.join("service.toml");
+    let gateway_yaml = dir.join("gateway.yaml");
+    std::fs::write(
+        &service_toml,
+        format!(
+            "[app.registration]\nregistry = [\"http://127.0.0.1:{}\"]\n",
+            ports.registry
+        ),
+    )
+    .unwrap();
+    let gw = std::fs::read_to_string(repo.join("services/gateway.yaml")).unwrap();
+    let gw = replace(
+        &gw,
+        "  port: 8080\n",
+        &format!("  port: {}\n", ports.gateway),
+        "services/gateway.yaml",
+    );
+    let gw = replace(
+        &gw,
+        "registry: http://127.0.0.1:8761",
+        &format!("registry: http://127.0.0.1:{}", ports.registry),
+        "services/gateway.yaml",
+    );
+    std::fs::write(&gateway_yaml, gw).unwrap();
+
+    let mut t = std::fs::read_to_string(repo.join("keel.toml")).unwrap();
+    for (from, to) in [
+        ("127.0.0.1:8761", ports.registry),
+        ("127.0.0.1:8101", ports.consumer),
+        ("127.0.0.1:8102", ports.restaurant),
+        ("127.0.0.1:8103", ports.order),
+        ("127.0.0.1:8104", ports.kitchen),
+        ("127.0.0.1:8105", ports.accounting),
+        ("127.0.0.1:8080", ports.gateway),
+    ] {
+        t = replace(&t, from, &format!("127.0.0.1:{to}"), "keel.toml");
+    }
+    t = replace(
+        &t,
+        "\"services/service.toml\"",
+        &format!("{:?}", service_toml.display().to_string()),
+        "keel.toml",
+    );
+    t = replace(
+        &t,
+        "\"services/gateway.yaml\"",
+        &format!("{:?}", gateway_yaml.display().to_string()),
+        "keel.toml",
+    );
+    // The kitchen block: not restarted once killed.
+    let blocks: Vec<String> = t
+        .split("[[process]]")
+        .enumerate()
+        .map(|(i, b)| {
+            if i > 0 && b.contains("name = \"kitchen\"") {
+                assert!(!b.contains("restart"), "keel.toml: kitchen sets restart");
+                format!("{}\nrestart = \"never\"\n", b.trim_end())
+            } else {
+                b.to_owned()
+            }
+        })
+        .collect();
+    let t = blocks.join("[[process]]\n");
+    assert!(t.contains("restart = \"never\""));
+    t
+}
+
+/// The built `keel` binary, or another build named by `KEEL_REFERENCE_BIN` (how
+/// docs/reference-system.md measures the release build:
+/// `KEEL_REFERENCE_BIN=target/release/keel cargo test --test reference -- --nocapture`).
+fn keel_command() -> tokio::process::Command {
+    let Some(bin) = std::env::var_os("KEEL_REFERENCE_BIN") else {
+        return keel();
+    };
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .env_remove("RUST_LOG")
+        .env_remove("KEEL_LOG")
+        // Every `KEEL_…` variable is configuration to the children.
+        .env_remove("KEEL_REFERENCE_BIN");
+    cmd
+}
+
+/// Live processes whose command line contains any of `needles` (zombies excluded).
+fn pids_with(needles: &[String]) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if !zombie && needles.iter().any(|n| cmd.contains(n.as_str())) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// The running system; on drop (a failed assertion) it stops the supervisor and makes
+/// sure no child outlives the test.
+struct System {
+    up: Proc,
+    ports: Ports,
+    dir: PathBuf,
+    gateway: String,
+}
+
+impl System {
+    async fn start() -> Self {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ports = Ports::pick();
+        let dir = std::env::temp_dir().join(format!(
+            "keel-reference-{}-{}",
+            std::process::id(),
+            ports.gateway
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keel.toml");
+        std::fs::write(&file, topology(repo, &dir, ports)).unwrap();
+        let mut cmd = keel_command();
+        cmd.current_dir(repo)
+            .arg("up")
+            .arg("-f")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.join("data"));
+        let up = Proc::spawn(cmd);
+        let mut system = Self {
+            up,
+            ports,
+            gateway: format!("http://127.0.0.1:{}", ports.gateway),
+            dir,
+        };
+        // The seed job runs last: "ready" means every service is healthy and seeded.
+        let ready = system
+            .up
+            .wait_line(Duration::from_secs(60), |l| {
+                l.starts_with("supervisor") && l.contains("| ready: ")
+            })
+            .await;
+        eprintln!("{ready}");
+        wait_healthy(
+            &format!("{}/health/ready", system.gateway),
+            Duration::from_secs(10),
+        )
+        .await;
+        system
+    }
+
+    /// What identifies this run's children in `/proc/*/cmdline`.
+    fn needles(&self) -> Vec<String> {
+        vec![
+            self.dir.display().to_string(),
+            format!("127.0.0.1:{}", self.ports.registry),
+            format!("127.0.0.1:{}", self.ports.gateway),
+        ]
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    /// SIGKILLs the kitchen process of this run (the supervisor does not restart it).
+    async fn kill_kitchen(&self) {
+        let needle = format!("127.0.0.1:{}", self.ports.kitchen);
+        let found: Vec<_> = pids_with(std::slice::from_ref(&needle))
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("service kitchen"))
+            .collect();
+        assert_eq!(found.len(), 1, "one kitchen process: {found:?}");
+        signal(found[0].0, nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while support::port_open(self.ports.kitchen) {
+            assert!(Instant::now() < deadline, "the kitchen still listens");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops everything with SIGTERM, as Ctrl-C would, and checks nothing is left.
+    async fn stop(mut self) {
+        self.up.term();
+        self.up.wait_exit(Duration::from_secs(30)).await;
+        let left = pids_with(&self.needles());
+        assert!(left.is_empty(), "processes left after stop: {left:?}");
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(pid) = self.up.child.id() {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline
+                && !pids_with(&[format!("--data-dir {}", self.dir.join("data").display())])
+                    .is_empty()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for (pid, _) in pids_with(&self.needles()) {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- HTTP helpers
+
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Option<String>, Value) {
+    let res = req.send().await.expect("request through the gateway");
+    let status = res.status();
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, ctype, body)
+}
+
+async fn post(http: &Client, url: &str, body: Value) -> (StatusCode, Value) {
+    let (s, _, b) = send(http.post(url).json(&body)).await;
+    (s, b)
+}
+
+async fn get(http: &Client, url: &str) -> (StatusCode, Value) {
+    let (s, _, b) = send(http.get(url)).await;
+    (s, b)
+}
+
+/// Cents of a money string (`"12.50"` → 1250).
+fn cents(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("money is a string: {v}"));
+    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let frac = format!("{frac:0<2}");
+    whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
+}
+
+fn is_terminal(state: &Value) -> bool {
+    matches!(state.as_str(), Some("APPROVED" | "REJECTED" | "CANCELLED"))
+}
+
+impl System {
+    async fn create_consumer(&self, http: &Client, body: Value) -> String {
+        let (s, b) = post(http, &self.url("/consumers"), body).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let id = b["consumerId"].as_str().unwrap().to_owned();
+        // Accounting opens the account from ConsumerCreated.
+        self.poll(http, &format!("/accounts/{id}"), |s, _| s == StatusCode::OK)
+            .await;
+        id
+    }
+
+    /// GETs `path` until `done` says so, up to [`ORDER_TIMEOUT`].
+    async fn poll(
+        &self,
+        http: &Client,
+        path: &str,
+        done: impl Fn(StatusCode, &Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + ORDER_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let (s, b) = get(http, &self.url(path)).await;
+            if done(s, &b) {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path}: not done within {ORDER_TIMEOUT:?}; last {s}: {b}"
+            );
+            tokio::time::sleep(pause(&mut attempt)).await;
+        }
+    }
+
+    /// Places an order (waiting, on 422 `restaurantId`, for the order service's replica to
+    /// learn a new restaurant); returns its id and the 201 body.
+    async fn place(&self, http: &Client, body: &Value) -> (String, Value) {
+        let deadline = Instant::now() + ORDER_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let (s, b) = post(http, &self.url("/orders"), body.clone()).await;
+            if s == StatusCode::UNPROCESSABLE_ENTITY
+                && b["field"] == "restaurantId"
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(pause(&mut attempt)).await;
+                continue;
+            }
+            assert_eq!(s, StatusCode::CREATED, "POST /orders {body}: {b}");
+            let id = b["orderId"].as_str().expect("orderId").to_owned();
+            return (id, b);
+        }
+    }
+
+    /// Polls the composed view until the order is terminal.
+    async fn settled(&self, http: &Client, order_id: &str) -> Value {
+        self.poll(http, &format!("/orders/{order_id}"), |s, b| {
+            s == StatusCode::OK && is_terminal(&b["state"])
+        })
+        .await
+    }
+
+    async fn stock(&self, http: &Client, restaurant_id: &str, item: &str) -> u64 {
+        let (s, b) = get(http, &self.url(&format!("/restaurants/{restaurant_id}"))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["menu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == item)
+            .and_then(|m| m["stock"].as_u64())
+            .unwrap_or_else(|| panic!("no stock of {item}: {b}"))
+    }
+
+    async fn wait_stock(&self, http: &Client, restaurant_id: &str, item: &str, want: u64) {
+        let deadline = Instant::now() + ORDER_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let now = self.stock(http, restaurant_id, item).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stock of {item}: {now}, expected {want}"
+            );
+            tokio::time::sleep(pause(&mut attempt)).await;
+        }
+    }
+}
+
+/// A kind of order in the concurrent batch: consumer, items, expected outcome.
+type Kind<'a> = (&'a str, &'a [(&'a str, i64)], &'a str);
+
+fn order(consumer: &str, restaurant: &str, items: &[(&str, i64)]) -> Value {
+    json!({
+        "consumerId": consumer,
+        "restaurantId": restaurant,
+        "lineItems": items
+            .iter()
+            .map(|(id, q)| json!({"menuItemId": id, "quantity": q}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Asserts a composed view's parts: `ticket`'s state (None: no ticket), `payment`'s state
+/// (None: no payment), and that neither is listed as unavailable.
+fn assert_parts(view: &Value, ticket: Option<&str>, payment: Option<&str>) {
+    match ticket {
+        Some(t) => assert_eq!(view["ticket"]["state"], t, "ticket: {view}"),
+        None => assert!(view["ticket"].is_null(), "no ticket expected: {view}"),
+    }
+    match payment {
+        Some(p) => assert_eq!(view["payment"]["state"], p, "payment: {view}"),
+        None => assert!(view["payment"].is_null(), "no payment expected: {view}"),
+    }
+    let unavailable = view["unavailable"].as_array().expect("unavailable list");
+    for part in ["ticket", "payment"] {
+        assert!(
+            !unavailable.iter().any(|u| u == part),
+            "{part} unavailable: {view}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- the scenario
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_system_end_to_end_through_the_gateway() {
+    let started = Instant::now();
+    let sys = System::start().await;
+    eprintln!("system up in {:?}", started.elapsed());
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // The seed job ran through the same gateway.
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(sys.dir.join("data/seed.json")).expect("seed.json"),
+    )
+    .unwrap();
+    let seeded_restaurant = seed["restaurants"][0][1].as_str().unwrap();
+    let (s, b) = get(
+        &http,
+        &sys.url(&format!("/restaurants/{seeded_restaurant}")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Our own consumers and restaurant.
+    let ada = sys
+        .create_consumer(
+            &http,
+            json!({"name": "Ada", "orderLimit": "1000.00", "card": "4242 4242 4242 4242"}),
+        )
+        .await;
+    let frugal = sys
+        .create_consumer(&http, json!({"name": "Frugal", "orderLimit": "10.00"}))
+        .await;
+    let dave = sys
+        .create_consumer(&http, json!({"name": "Dave", "card": DECLINED_CARD}))
+        .await;
+    let (s, b) = post(
+        &http,
+        &sys.url("/restaurants"),
+        json!({"name": "Ajanta", "menu": [
+            {"id": "curry", "name": "Curry", "price": "12.50", "stock": 100},
+            {"id": "rice", "name": "Rice", "price": "3.00"},
+        ]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let restaurant = b["restaurantId"].as_str().unwrap().to_owned();
+
+    // A valid order becomes APPROVED; its ticket AWAITING_ACCEPTANCE, its payment
+    // AUTHORIZED for the total; the restaurant takes the stock.
+    let t = Instant::now();
+    let (approved, created) = sys
+        .place(&http, &order(&ada, &restaurant, &[("curry", 2)]))
+        .await;
+    assert_eq!(created["state"], "APPROVAL_PENDING", "{created}");
+    let view = sys.settled(&http, &approved).await;
+    eprintln!("first order approved in {:?}", t.elapsed());
+    assert_eq!(view["state"], "APPROVED", "{view}");
+    assert_eq!(view["orderTotal"], "25.00", "{view}");
+    assert_eq!(view["lineItems"][0]["name"], "Curry", "{view}");
+    assert_parts(&view, Some("AWAITING_ACCEPTANCE"), Some("AUTHORIZED"));
+    assert_eq!(view["payment"]["amount"], "25.00", "{view}");
+    assert_eq!(view["ticket"]["orderId"], approved.as_str(), "{view}");
+    assert!(view["delivery"].is_null(), "{view}");
+    sys.wait_stock(&http, &restaurant, "curry", 98).await;
+
+    // Bad input: 4xx problem+json naming the field; nothing is created.
+    for (body, status, field) in [
+        (
+            json!({"restaurantId": restaurant, "lineItems": [{"menuItemId": "curry", "quantity": 1}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "consumerId",
+        ),
+        (
+            order(&ada, &restaurant, &[("curry", -1)]),
+            StatusCode::BAD_REQUEST,
+            "lineItems[0].quantity",
+        ),
+        (
+            order(&ada, &restaurant, &[]),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            order(&ada, "no-such-restaurant", &[("curry", 1)]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "restaurantId",
+        ),
+        (
+            json!({"consumerId": ada, "restaurantId": restaurant,
+                   "lineItems": [{"menuItemId": "curry", "quantity": "two"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lineItems[0].quantity",
+        ),
+    ] {
+        let (s, ctype, b) = send(http.post(sys.url("/orders")).json(&body)).await;
+        assert_eq!(s, status, "POST /orders {body}: {b}");
+        assert!(
+            ctype
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/problem+json")),
+            "{ctype:?}: {b}"
+        );
+        assert_eq!(b["field"], field, "POST /orders {body}: {b}");
+        assert_eq!(b["status"], s.as_u16(), "{b}");
+    }
+    for (path, body, field) in [
+        ("/consumers", json!({"orderLimit": "5.00"}), "name"),
+        ("/consumers", json!({"name": "X", "card": "12ab"}), "card"),
+        (
+            "/restaurants",
+            json!({"name": "R", "menu": [{"id": "a", "name": "A", "price": "-1.00"}]}),
+            "menu[0].price",
+        ),
+        ("/restaurants", json!({"name": "R", "menu": []}), "menu"),
+    ] {
+        let (s, ctype, b) = send(http.post(sys.url(path)).json(&body)).await;
+        assert!(s.is_client_error(), "POST {path} {body}: {s} {b}");
+        assert!(
+            ctype
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/problem+json")),
+            "{ctype:?}: {b}"
+        );
+        assert_eq!(b["field"], field, "POST {path} {body}: {b}");
+    }
+
+    // Each rejection reason ends REJECTED with that reason, every completed step
+    // compensated: the declined order's ticket is CANCELLED, its payment DECLINED; the
+    // others never got that far (no ticket, no payment).
+    let unknown_consumer = format!("ghost-{}", sys.ports.gateway);
+    let cases = [
+        (
+            order(&unknown_consumer, &restaurant, &[("curry", 1)]),
+            "UNKNOWN_CONSUMER",
+            None,
+            None,
+        ),
+        (
+            order(&frugal, &restaurant, &[("curry", 1)]),
+            "ORDER_LIMIT_EXCEEDED",
+            None,
+            None,
+        ),
+        (
+            order(&ada, &restaurant, &[("curry", 1), ("ghost-dish", 1)]),
+            "MENU_ITEM_UNAVAILABLE",
+            None,
+            None,
+        ),
+        (
+            order(&ada, &restaurant, &[("curry", 1000)]),
+            "MENU_ITEM_UNAVAILABLE",
+            None,
+            None,
+        ),
+        (
+            order(&dave, &restaurant, &[("curry", 1)]),
+            "PAYMENT_DECLINED",
+            Some("CANCELLED"),
+            Some("DECLINED"),
+        ),
+    ];
+    let mut rejected = Vec::new();
+    for (body, reason, ticket, payment) in cases {
+        let (id, _) = sys.place(&http, &body).await;
+        rejected.push((id, body, reason, ticket, payment));
+    }
+    let mut declined = String::new();
+    for (id, body, reason, ticket, payment) in &rejected {
+        let view = sys.settled(&http, id).await;
+        assert_eq!(view["state"], "REJECTED", "{body}: {view}");
+        assert_eq!(view["rejectionReason"], *reason, "{body}: {view}");
+        assert_parts(&view, *ticket, *payment);
+        if *reason == "PAYMENT_DECLINED" {
+            declined = id.clone();
+        }
+    }
+    let (s, payment) = get(&http, &sys.url(&format!("/payments/{declined}"))).await;
+    assert_eq!(s, StatusCode::OK, "{payment}");
+    assert_eq!(payment["state"], "DECLINED", "{payment}");
+    // A rejected order cannot be cancelled.
+    let (s, b) = post(
+        &http,
+        &sys.url(&format!("/orders/{declined}/cancel")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    // No rejected order took stock.
+    assert_eq!(sys.stock(&http, &restaurant, "curry").await, 98);
+
+    // Cancel of the approved order: CANCELLED, authorization REVERSED, ticket CANCELLED,
+    // stock restored.
+    let (s, b) = post(
+        &http,
+        &sys.url(&format!("/orders/{approved}/cancel")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(b["state"], "CANCEL_PENDING", "{b}");
+    let view = sys.settled(&http, &approved).await;
+    assert_eq!(view["state"], "CANCELLED", "{view}");
+    assert_parts(&view, Some("CANCELLED"), Some("REVERSED"));
+    let (s, payment) = get(&http, &sys.url(&format!("/payments/{approved}"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(payment["state"], "REVERSED", "{payment}");
+    sys.wait_stock(&http, &restaurant, "curry", 100).await;
+    let (s, b) = post(
+        &http,
+        &sys.url(&format!("/orders/{approved}/cancel")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "cancelled twice: {b}");
+
+    // 50 concurrent orders: each reaches a terminal state with the outcome its consumer
+    // and items call for; totals agree across order, accounting, kitchen and restaurant.
+    let t = Instant::now();
+    let kinds: [Kind<'_>; 5] = [
+        (&ada, &[("curry", 1), ("rice", 1)], "APPROVED"),
+        (&ada, &[("rice", 2)], "APPROVED"),
+        (&dave, &[("curry", 1)], "PAYMENT_DECLINED"),
+        (&frugal, &[("rice", 1)], "APPROVED"),
+        (&frugal, &[("curry", 1)], "ORDER_LIMIT_EXCEEDED"),
+    ];
+    let placed = futures_join(
+        (0..50)
+            .map(|i| {
+                let (consumer, items, expect) = kinds[i % kinds.len()];
+                let body = order(consumer, &restaurant, items);
+                let sys = &sys;
+                let http = &http;
+                async move {
+                    let (id, _) = sys.place(http, &body).await;
+                    let view = sys.settled(http, &id).await;
+                    let (s, payment) = get(http, &sys.url(&format!("/payments/{id}"))).await;
+                    (id, expect, items, view, s, payment)
+                }
+            })
+            .collect(),
+    )
+    .await;
+    eprintln!("50 concurrent orders settled in {:?}", t.elapsed());
+    let mut approved_total = 0;
+    let mut authorized_total = 0;
+    let mut curry_taken = 0;
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, expect, items, view, status, payment) in &placed {
+        if *expect == "APPROVED" {
+            assert_eq!(view["state"], "APPROVED", "{id}: {view}");
+            assert_parts(view, Some("AWAITING_ACCEPTANCE"), Some("AUTHORIZED"));
+            approved_total += cents(&view["orderTotal"]);
+            curry_taken += items
+                .iter()
+                .filter(|(i, _)| *i == "curry")
+                .map(|(_, q)| q)
+                .sum::<i64>();
+        } else {
+            assert_eq!(view["state"], "REJECTED", "{id}: {view}");
+            assert_eq!(view["rejectionReason"], *expect, "{id}: {view}");
+            // Declined: the ticket was created, then cancelled; over the limit: the saga
+            // stopped before the kitchen.
+            if *expect == "PAYMENT_DECLINED" {
+                assert_parts(view, Some("CANCELLED"), Some("DECLINED"));
+            } else {
+                assert_parts(view, None, None);
+            }
+        }
+        *outcomes.entry(expect).or_default() += 1;
+        match payment["state"].as_str() {
+            Some("AUTHORIZED") => {
+                assert_eq!(*status, StatusCode::OK);
+                assert_eq!(payment["amount"], view["orderTotal"], "{id}: {payment}");
+                authorized_total += cents(&payment["amount"]);
+            }
+            Some("DECLINED") => assert_eq!(*expect, "PAYMENT_DECLINED", "{payment}"),
+            _ => assert_eq!(*status, StatusCode::NOT_FOUND, "{id}: {payment}"),
+        }
+    }
+    assert_eq!(outcomes["APPROVED"], 30, "{outcomes:?}");
+    assert_eq!(
+        approved_total, authorized_total,
+        "sum of APPROVED order totals vs sum of AUTHORIZED payments"
+    );
+    assert_eq!(approved_total, 10 * (1250 + 300) + 10 * 600 + 10 * 300);
+    sys.wait_stock(&http, &restaurant, "curry", 100 - curry_taken as u64)
+        .await;
+
+    // Memory of the whole system after the scenario: VmRSS of every process of this run
+    // (the supervisor, the registry, five services and the gateway).
+    let mut rss_kib = 0;
+    let mut processes = Vec::new();
+    for (pid, cmd) in pids_with(&sys.needles()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        rss_kib += kib;
+        let what: Vec<&str> = cmd.split(' ').skip(1).take(2).collect();
+        processes.push(format!("{} {} KiB", what.join(" "), kib));
+    }
+    eprintln!(
+        "total RSS of {} processes after the scenario: {:.1} MiB ({})",
+        processes.len(),
+        rss_kib as f64 / 1024.0,
+        processes.join(", ")
+    );
+    assert_eq!(processes.len(), 8, "{processes:?}");
+
+    // The composed view without the kitchen: still 200, the ticket null and named
+    // unavailable, the other parts intact.
+    let survivor = &placed.iter().find(|p| p.1 == "APPROVED").unwrap().0;
+    sys.kill_kitchen().await;
+    let (s, view) = get(&http, &sys.url(&format!("/orders/{survivor}"))).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["state"], "APPROVED", "{view}");
+    assert!(view["ticket"].is_null(), "{view}");
+    assert!(
+        view["unavailable"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|p| p == "ticket")),
+        "{view}"
+    );
+    assert_eq!(view["payment"]["state"], "AUTHORIZED", "{view}");
+
+    sys.stop().await;
+    eprintln!("scenario done in {:?}", started.elapsed());
+}
+
+/// Runs all futures concurrently (on this task) and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
