@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod health;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod telemetry;

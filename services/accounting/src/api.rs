@@ -19,6 +19,7 @@ pub(crate) fn router(store: Store) -> Router {
         .route("/payments/{order_id}", get(get_payment))
         .route("/accounts/{consumer_id}", get(get_account))
         .route("/openapi.json", get(crate::openapi::document))
+        .merge(keel_chassis::openapi::ui())
         .with_state(store)
 }
 

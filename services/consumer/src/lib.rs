@@ -213,6 +213,7 @@ pub async fn app(config: &ConsumerConfig, stop: CancellationToken) -> Result<App
         .route("/consumers", post(create_consumer))
         .route("/consumers/{id}", get(get_consumer))
         .route("/openapi.json", get(openapi))
+        .merge(keel_chassis::openapi::ui())
         .with_state(state);
     let background = Box::pin(async move {
         stop.cancelled().await;

@@ -41,6 +41,7 @@ pub(crate) fn router(store: Store, outbox: Outbox) -> Router {
         .route("/tickets/by-order/{order_id}", get(get_by_order))
         .route("/tickets/{ticket_id}/accept", post(accept))
         .route("/openapi.json", get(crate::openapi::document))
+        .merge(keel_chassis::openapi::ui())
         .with_state(AppState { store, outbox })
 }
 

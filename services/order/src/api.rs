@@ -36,6 +36,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/openapi.json", get(openapi))
+        .merge(keel_chassis::openapi::ui())
         .with_state(state)
         .merge(sagas)
 }

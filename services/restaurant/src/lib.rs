@@ -232,6 +232,7 @@ pub async fn app(config: &RestaurantConfig, stop: CancellationToken) -> Result<A
         )
         .route("/restaurants/{id}", get(get_restaurant))
         .route("/openapi.json", get(openapi))
+        .merge(keel_chassis::openapi::ui())
         .with_state(state);
     let background = Box::pin(async move {
         stop.cancelled().await;
