@@ -136,12 +136,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let lat = samples.lock().unwrap().clone();
 
     // Baseline.
+    let mut layout = None;
     let (base_name, base_rate) = if opts.backend.starts_with("sqlite:") {
         (
             "raw SQLite inserts + reads of the same rows",
             sqlite_baseline(&opts).await?,
         )
     } else if opts.backend.starts_with("nats:") {
+        remove_nats_streams(&opts.backend, &tag).await;
+        layout = Some(nats_layout_baseline(&opts, &tag).await?);
         (
             "raw async-nats JetStream publish + pull",
             nats_baseline(&opts, &tag).await?,
@@ -156,6 +159,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
         ms(total)
     );
     println!("  base: {base_rate:>10.0} msg/s — {base_name}");
+    if let Some(rate) = layout {
+        println!(
+            "  layout: {rate:>8.0} msg/s — raw async-nats on the NATS bus's wire layout ({LAYOUT_PARTITIONS} \
+             partition streams, envelope bodies with Nats-Msg-Id, one unacknowledged message per \
+             partition, consuming while publishing)"
+        );
+    }
     println!(
         "  latency at {} msg/s, publish → handled: {}",
         opts.rate,
@@ -304,5 +314,112 @@ async fn nats_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
     }
     let elapsed = start.elapsed();
     let _ = js.delete_stream(&stream_name).await;
+    Ok(got as f64 / elapsed.as_secs_f64())
+}
+
+/// Deletes the streams the NATS bus created for this run's destinations.
+async fn remove_nats_streams(url: &str, tag: &str) {
+    let Ok(bus) = keel_bus_nats::NatsBus::connect(url).await else {
+        return;
+    };
+    let partitions = bus.settings().partitions;
+    for dest in [format!("bench.tp.{tag}"), format!("bench.lat.{tag}")] {
+        for p in 0..partitions {
+            let _ = bus
+                .jetstream()
+                .delete_stream(bus.stream_name(&dest, p))
+                .await;
+        }
+    }
+}
+
+const LAYOUT_PARTITIONS: u32 = 16;
+
+/// The raw client doing what the NATS bus does on the wire, without Keel: one stream per
+/// partition, the envelope as the body with `Nats-Msg-Id`, one durable consumer per partition
+/// with one unacknowledged message at a time, consuming while publishing. The gap between
+/// this and the plain baseline is the price of the layout; the gap to Keel's figure is Keel's.
+async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
+    use async_nats::jetstream::{
+        self,
+        consumer::{AckPolicy, pull},
+        message::PublishMessage,
+    };
+    use futures::StreamExt;
+    let client = async_nats::connect(&opts.backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client);
+    let name = |p: u32| format!("BENCH_LAYOUT_{tag}_{p}");
+    let subject = |p: u32| format!("bench.layout.{tag}.{p}");
+    let msgs: Vec<Message> = (0..opts.messages)
+        .map(|n| {
+            Message::new(format!("bench.layout.{tag}"), payload(n)).with_key(format!("k{}", n % 64))
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for p in 0..LAYOUT_PARTITIONS {
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: name(p),
+                subjects: vec![subject(p)],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("base".into()),
+                ack_policy: AckPolicy::Explicit,
+                max_ack_pending: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let want = msgs
+            .iter()
+            .filter(|m| m.partition(LAYOUT_PARTITIONS) == p)
+            .count();
+        tasks.push(tokio::spawn(async move {
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut got = 0;
+            while got < want {
+                let Some(m) = messages.next().await else {
+                    break;
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                let _: Message = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;
+                m.ack().await.map_err(|e| e.to_string())?;
+                got += 1;
+            }
+            Ok::<usize, String>(got)
+        }));
+    }
+    let start = Instant::now();
+    for chunk in msgs.chunks(opts.batch.max(1)) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let body = serde_json::to_vec(m).map_err(|e| e.to_string())?;
+            let publish = PublishMessage::build()
+                .payload(body.into())
+                .message_id(&m.id);
+            let ack = js
+                .send_publish(subject(m.partition(LAYOUT_PARTITIONS)), publish)
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push(ack);
+        }
+        for a in acks {
+            a.await.map_err(|e| e.to_string())?;
+        }
+    }
+    let mut got = 0;
+    for t in tasks {
+        got += t.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = start.elapsed();
+    for p in 0..LAYOUT_PARTITIONS {
+        let _ = js.delete_stream(name(p)).await;
+    }
     Ok(got as f64 / elapsed.as_secs_f64())
 }

@@ -1,1 +1,611 @@
-//! placeholder
+//! The NATS JetStream message bus: Keel's backend for more than one machine, behind the same
+//! [`Bus`] trait and delivery contract as the embedded bus.
+//!
+//! Layout on the server (all names derive from [`Settings::prefix`], `keel` by default):
+//!
+//! - a message goes to the subject `<prefix>.<destination>.<partition>`, where the partition
+//!   is [`Message::partition`] (FNV-1a of the key, 16 partitions by default, like the embedded
+//!   bus). The body is the whole envelope as JSON (id, key, headers, payload), and the
+//!   `Nats-Msg-Id` header carries the message id, so the server drops a re-publish of the same
+//!   id within the duplicate window (2 minutes by default) — a relay that crashed between
+//!   publishing and deleting its rows does not duplicate anything;
+//! - **one stream per partition of a destination**, created on demand (on first publish to it,
+//!   or on subscribe), named `<prefix>_<destination with '.' as '_'>_<8 hex digits of its
+//!   hash>_<partition>` and holding exactly that partition's subject;
+//! - **one durable pull consumer per group on each partition's stream**, named after the
+//!   group, with `max_ack_pending = 1`: the server hands out the next message of a partition
+//!   only after the previous one was acknowledged, whichever member of the group holds it, so
+//!   per-key order holds with any number of competing members.
+//!
+//! Why a stream per partition rather than one stream with a filtered consumer per partition:
+//! on nats-server 2.9 (the version Keel targets), filtered consumers with
+//! `max_ack_pending = 1` that are created before their messages arrive drain at a tenth of
+//! the speed or less (the server burns CPU locating each partition's next message among the
+//! others); unfiltered consumers on small streams do not. The price is more, smaller streams.
+//!
+//! A failing message is retried while it is held (the consumer sends "in progress" to the
+//! server so the message stays assigned), which holds back its partition as the contract
+//! requires; after `max_attempts` — or at once for [`keel_messaging::HandlerError::Reject`]
+//! and for a body that is not an envelope — its dead-letter copy is published and the
+//! original terminated. See `consumer.rs` for the details.
+
+mod consumer;
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::{
+    connection::State,
+    jetstream::{
+        self,
+        context::{PublishAckFuture, PublishErrorKind},
+        message::PublishMessage,
+        stream,
+    },
+};
+use futures::future::BoxFuture;
+use keel_messaging::{
+    Bus, BusError, Consumer, Handler, Message, Subscription, headers, validate_name,
+};
+
+/// Tunables of the NATS bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Prefix of every subject and stream name (default `keel`): 1–32 characters of
+    /// `[A-Za-z0-9_-]`. Deployments (or tests) with different prefixes never meet.
+    pub prefix: String,
+    /// Partitions per destination (per-key order holds within one; each is a stream).
+    /// Default 16. Every process using a destination must use the same value; a stream
+    /// records the count it was created with, and a process with another count is refused.
+    pub partitions: u32,
+    /// How long the server waits for an acknowledgement before giving a message to another
+    /// member (default 10 s). A live member extends it while it works on a message, so this is
+    /// only the take-over time after a member died.
+    pub ack_wait: Duration,
+    /// Messages older than this are deleted (default 7 days).
+    pub max_age: Duration,
+    /// At most this many messages are kept per destination (default 1,000,000), spread
+    /// evenly over its partitions' streams.
+    pub max_messages: i64,
+    /// Publishes of an id already seen within this window are dropped (default 2 min).
+    pub duplicate_window: Duration,
+    /// Stream replicas in a cluster (default 1).
+    pub replicas: usize,
+    /// Timeout of a publish acknowledgement or a JetStream API request (default 5 s).
+    pub request_timeout: Duration,
+    /// Messages asked for per pull request (default 64). With one unacknowledged message per
+    /// partition this only sets how often pull requests are renewed.
+    pub pull_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            prefix: "keel".into(),
+            partitions: 16,
+            ack_wait: Duration::from_secs(10),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_messages: 1_000_000,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            request_timeout: Duration::from_secs(5),
+            pull_batch: 64,
+        }
+    }
+}
+
+impl Settings {
+    fn check(&self) -> Result<(), BusError> {
+        let p = &self.prefix;
+        if p.is_empty()
+            || p.len() > 32
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(BusError::Invalid(format!(
+                "prefix {p:?} must be 1 to 32 characters of letters, digits, '_' and '-'"
+            )));
+        }
+        if self.partitions == 0 || self.partitions > 1024 {
+            return Err(BusError::Invalid(
+                "partitions must be between 1 and 1024".into(),
+            ));
+        }
+        if self.ack_wait < Duration::from_millis(300) {
+            return Err(BusError::Invalid("ack_wait must be at least 300 ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The NATS JetStream bus. Cheap to clone; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: Settings,
+    /// Partition streams known to exist (publish skips the check for them).
+    streams: Mutex<HashSet<(String, u32)>>,
+}
+
+impl NatsBus {
+    /// Connects to the server at `url` (`nats://host:4222`; several servers comma-separated).
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        Self::connect_with(url, Settings::default()).await
+    }
+
+    /// Connects with explicit settings.
+    pub async fn connect_with(url: &str, settings: Settings) -> Result<Self, BusError> {
+        settings.check()?;
+        let shown = redact(url);
+        let client = async_nats::ConnectOptions::new()
+            .name("keel-bus")
+            .connection_timeout(settings.request_timeout)
+            .request_timeout(Some(settings.request_timeout))
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot connect to {shown}: {e}")))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(settings.request_timeout)
+            .build(client.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: shown,
+                client,
+                js,
+                settings,
+                streams: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The JetStream context (for inspection, tests and operations tools).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The stream holding `partition` of `destination`.
+    pub fn stream_name(&self, destination: &str, partition: u32) -> String {
+        format!(
+            "{}_{}_{partition}",
+            self.inner.settings.prefix,
+            token(destination)
+        )
+    }
+
+    /// The subject of `partition` of `destination`.
+    pub fn subject(&self, destination: &str, partition: u32) -> String {
+        format!("{}.{destination}.{partition}", self.inner.settings.prefix)
+    }
+
+    /// The durable consumer of `group` (on each partition's stream).
+    pub fn consumer_name(&self, group: &str) -> String {
+        token(group)
+    }
+
+    /// Deletes every stream under this bus's prefix (all destinations, messages and consumer
+    /// positions) and returns how many. For tests and benchmarks; never called by Keel itself.
+    pub async fn delete_all_streams(&self) -> Result<usize, BusError> {
+        use futures::TryStreamExt;
+        let mine = format!("{}_", self.inner.settings.prefix);
+        let names: Vec<String> = self
+            .inner
+            .js
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut n = 0;
+        for name in names.iter().filter(|s| s.starts_with(&mine)) {
+            self.inner
+                .js
+                .delete_stream(name)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            n += 1;
+        }
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(n)
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> BusError {
+        BusError::Unavailable(format!("{}: {e}", self.inner.url))
+    }
+
+    fn stream_config(&self, destination: &str, partition: u32) -> stream::Config {
+        let s = &self.inner.settings;
+        let per_partition =
+            (s.max_messages + i64::from(s.partitions) - 1) / i64::from(s.partitions);
+        stream::Config {
+            name: self.stream_name(destination, partition),
+            description: Some(description(destination, partition, s.partitions)),
+            subjects: vec![self.subject(destination, partition)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            max_age: s.max_age,
+            max_messages: per_partition.max(1),
+            duplicate_window: s.duplicate_window,
+            num_replicas: s.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Makes sure the stream of `partition` of `destination` exists (creating it if needed)
+    /// and was made with this process's partition count; returns a handle to it.
+    pub(crate) async fn ensure_stream(
+        &self,
+        destination: &str,
+        partition: u32,
+    ) -> Result<jetstream::stream::Stream, BusError> {
+        let name = self.stream_name(destination, partition);
+        let js = &self.inner.js;
+        let stream = match js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(e) if is_not_found(&e) => {
+                match js
+                    .create_stream(self.stream_config(destination, partition))
+                    .await
+                {
+                    Ok(s) => s,
+                    // Another process may have created it a moment ago.
+                    Err(create) => js.get_stream(&name).await.map_err(|_| {
+                        self.unavailable(format!("cannot create stream {name}: {create}"))
+                    })?,
+                }
+            }
+            Err(e) => return Err(self.unavailable(format!("stream {name}: {e}"))),
+        };
+        let want = self.inner.settings.partitions;
+        if let Some(have) = stream
+            .cached_info()
+            .config
+            .description
+            .as_deref()
+            .and_then(partitions_in)
+            && have != want
+        {
+            return Err(BusError::Invalid(format!(
+                "destination {destination} was created with {have} partitions; this process \
+                 uses {want} (every process must use the same count)"
+            )));
+        }
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((destination.to_owned(), partition));
+        Ok(stream)
+    }
+
+    async fn ensure_known(&self, destination: &str, partition: u32) -> Result<(), BusError> {
+        let known = self
+            .inner
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(destination.to_owned(), partition));
+        if !known {
+            self.ensure_stream(destination, partition).await?;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, destination: &str, partition: u32) {
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(destination.to_owned(), partition));
+    }
+
+    /// Publishes `messages` in order, pipelined, and waits for the server's acknowledgements.
+    /// Returns how many were stored before the first failure. `dedup` overrides the
+    /// `Nats-Msg-Id` of every message (dead-letter copies: one per group).
+    pub(crate) async fn send(
+        &self,
+        messages: &[Message],
+        dedup: Option<&str>,
+    ) -> (usize, Option<BusError>) {
+        let mut done = 0;
+        let mut error = None;
+        // One retry when a stream vanished under us (deleted, or a server that lost its state).
+        for round in 0..2 {
+            let (n, err) = self.send_once(&messages[done..], dedup).await;
+            done += n;
+            match err {
+                None => break,
+                Some(Failure::StreamMissing(d, p)) if round == 0 => self.forget(&d, p),
+                Some(f) => {
+                    error = Some(f.into_error(self));
+                    break;
+                }
+            }
+        }
+        let published = &messages[..done];
+        let mut per_dest: Vec<&str> = published.iter().map(|m| m.destination.as_str()).collect();
+        per_dest.sort_unstable();
+        per_dest.dedup();
+        for d in per_dest {
+            metrics::counter!("keel_messaging_published_total", "destination" => d.to_owned(), "backend" => "nats")
+                .increment(published.iter().filter(|m| m.destination == d).count() as u64);
+        }
+        (done, error)
+    }
+
+    async fn send_once(
+        &self,
+        messages: &[Message],
+        dedup: Option<&str>,
+    ) -> (usize, Option<Failure>) {
+        if self.inner.client.connection_state() != State::Connected {
+            return (
+                0,
+                Some(Failure::Other(BusError::Unavailable(format!(
+                    "{}: not connected",
+                    self.inner.url
+                )))),
+            );
+        }
+        // Everything before the first invalid message is published, as the contract says.
+        if let Some((i, e)) = messages
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| validate_name(&m.destination).err().map(|e| (i, e)))
+        {
+            return match Box::pin(self.send_once(&messages[..i], dedup)).await {
+                (n, Some(f)) => (n, Some(f)),
+                (n, None) => (n, Some(Failure::Other(BusError::Invalid(e)))),
+            };
+        }
+        let parts = self.inner.settings.partitions;
+        let mut targets: Vec<(&str, u32)> = messages
+            .iter()
+            .map(|m| (m.destination.as_str(), m.partition(parts)))
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        for (d, p) in targets {
+            if let Err(e) = self.ensure_known(d, p).await {
+                return (0, Some(Failure::Other(e)));
+            }
+        }
+        // Pipelined: send everything, then collect the acknowledgements in order. Bounded,
+        // because the client allows only so many unacknowledged publishes at once.
+        let mut acks: VecDeque<(PublishAckFuture, &Message)> =
+            VecDeque::with_capacity(messages.len().min(MAX_IN_FLIGHT));
+        let mut stored = 0;
+        let mut failure = None;
+        for m in messages {
+            // A message published from a traced task joins its trace (unless it has one).
+            let mut traced = None;
+            if !m.headers.contains_key(headers::TRACEPARENT)
+                && keel_messaging::trace::current().is_some()
+            {
+                let mut copy = m.clone();
+                keel_messaging::trace::inject(&mut copy.headers);
+                traced = Some(copy);
+            }
+            let body = match serde_json::to_vec(traced.as_ref().unwrap_or(m)) {
+                Ok(b) => b,
+                Err(e) => {
+                    failure = Some(Failure::Other(BusError::Invalid(format!(
+                        "message {}: {e}",
+                        m.id
+                    ))));
+                    break;
+                }
+            };
+            let publish = PublishMessage::build()
+                .payload(body.into())
+                .message_id(dedup.unwrap_or(&m.id));
+            let partition = m.partition(parts);
+            match self
+                .inner
+                .js
+                .send_publish(self.subject(&m.destination, partition), publish)
+                .await
+            {
+                Ok(ack) => acks.push_back((ack, m)),
+                Err(e) => {
+                    failure = Some(Failure::from_publish(m, parts, &e, self));
+                    break;
+                }
+            }
+            if acks.len() >= MAX_IN_FLIGHT
+                && let Some((ack, m)) = acks.pop_front()
+            {
+                if let Err(e) = ack.await {
+                    return (stored, Some(Failure::from_publish(m, parts, &e, self)));
+                }
+                stored += 1;
+            }
+        }
+        while let Some((ack, m)) = acks.pop_front() {
+            // A duplicate (`ack.duplicate`) was stored before: that counts as stored.
+            if let Err(e) = ack.await {
+                return (stored, Some(Failure::from_publish(m, parts, &e, self)));
+            }
+            stored += 1;
+        }
+        (stored, failure)
+    }
+}
+
+/// Publishes sent but not yet acknowledged, at most.
+const MAX_IN_FLIGHT: usize = 1_000;
+
+enum Failure {
+    StreamMissing(String, u32),
+    Other(BusError),
+}
+
+impl Failure {
+    fn from_publish(
+        m: &Message,
+        partitions: u32,
+        e: &async_nats::jetstream::context::PublishError,
+        bus: &NatsBus,
+    ) -> Self {
+        let destination = &m.destination;
+        let partition = m.partition(partitions);
+        match e.kind() {
+            PublishErrorKind::StreamNotFound => {
+                Failure::StreamMissing(destination.to_owned(), partition)
+            }
+            PublishErrorKind::MaxPayloadExceeded => Failure::Other(BusError::Invalid(format!(
+                "message to {destination} is too large: {e}"
+            ))),
+            _ => Failure::Other(bus.unavailable(format!("publish to {destination}: {e}"))),
+        }
+    }
+
+    fn into_error(self, bus: &NatsBus) -> BusError {
+        match self {
+            Failure::StreamMissing(d, p) => {
+                bus.unavailable(format!("no stream for partition {p} of {d}"))
+            }
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    match e.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(j) => j.code() == 404,
+        _ => false,
+    }
+}
+
+/// A destination or group name as a stream or consumer name token: '.' is not allowed there,
+/// so it becomes '_', and a hash of the original keeps `a.b` and `a_b` apart.
+fn token(name: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{}_{h:08x}", name.replace('.', "_"))
+}
+
+fn description(destination: &str, partition: u32, partitions: u32) -> String {
+    format!("keel bus destination {destination}, partition {partition} of {partitions}")
+}
+
+/// The partition count recorded in a stream description written by [`description`].
+fn partitions_in(description: &str) -> Option<u32> {
+    let inner = description.strip_prefix("keel bus destination ")?;
+    let (_, count) = inner.rsplit_once(" of ")?;
+    count.parse().ok()
+}
+
+/// `url` without a password or token.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Bus for NatsBus {
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            match self.send(std::slice::from_ref(message), None).await {
+                (_, Some(e)) => Err(e),
+                (_, None) => Ok(()),
+            }
+        })
+    }
+
+    fn publish_all<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, (usize, Option<BusError>)> {
+        Box::pin(self.send(messages, None))
+    }
+
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn Handler>,
+    ) -> BoxFuture<'_, Result<Consumer, BusError>> {
+        Box::pin(async move {
+            subscription.validate()?;
+            consumer::start(self.clone(), subscription, handler).await
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "nats"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_valid_names_and_keep_similar_names_apart() {
+        let a = token("order.events");
+        assert!(a.starts_with("order_events_"), "{a}");
+        assert!(!a.contains('.'));
+        assert_ne!(token("a.b"), token("a_b"));
+        assert_eq!(token("a.b"), token("a.b"));
+    }
+
+    #[test]
+    fn the_partition_count_round_trips_through_the_description() {
+        assert_eq!(partitions_in(&description("order.events", 3, 16)), Some(16));
+        assert_eq!(partitions_in(&description("x of 3", 0, 4)), Some(4));
+        assert_eq!(partitions_in("made by hand"), None);
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(redact("nats://u:secret@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact("nats://h:4222,nats://t@g:1"),
+            "nats://h:4222,nats://***@g:1"
+        );
+        assert_eq!(redact("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(Settings::default().check().is_ok());
+        for bad in ["", "a.b", "a b", &"x".repeat(33)] {
+            let s = Settings {
+                prefix: bad.to_owned(),
+                ..Settings::default()
+            };
+            assert!(s.check().is_err(), "{bad:?}");
+        }
+        let s = Settings {
+            partitions: 0,
+            ..Settings::default()
+        };
+        assert!(s.check().is_err());
+    }
+}

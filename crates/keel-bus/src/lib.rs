@@ -11,6 +11,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Bus>, BusError> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(keel_bus_sqlite::SqliteBus::open(url).await?));
     }
+    if url.starts_with("nats://") {
+        return Ok(Arc::new(keel_bus_nats::NatsBus::connect(url).await?));
+    }
     Err(BusError::Invalid(format!(
         "unsupported bus URL {url:?}: expected sqlite://… or nats://…"
     )))
