@@ -675,19 +675,14 @@ impl Proxy {
             append_list(&mut headers, "x-forwarded-for", &client_ip);
             append_list(&mut headers, "x-forwarded-proto", proto);
             if let Some(h) = &ex.host {
-                append_list(
-                    &mut headers,
-                    "x-forwarded-host",
-                    h.to_str().unwrap_or_default(),
-                );
-                let port = h
-                    .to_str()
-                    .ok()
-                    .and_then(|h| h.rsplit_once(':'))
-                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                    .map(|(_, p)| p.to_owned())
-                    .unwrap_or_else(|| if ex.secure { "443" } else { "80" }.to_owned());
-                append_list(&mut headers, "x-forwarded-port", &port);
+                let text = h.to_str().unwrap_or_default();
+                append_list(&mut headers, "x-forwarded-host", text);
+                let port = text
+                    .rsplit_once(':')
+                    .map(|(_, p)| p)
+                    .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                    .unwrap_or(if ex.secure { "443" } else { "80" });
+                append_list(&mut headers, "x-forwarded-port", port);
             }
             if let Some(prefix) = &ex.prefix {
                 headers.insert("x-forwarded-prefix", header_value(prefix));
@@ -746,11 +741,15 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 fn append_list(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    let v = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_owned(),
-    };
-    headers.insert(name, header_value(&v));
+    match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            let v = format!("{existing}, {value}");
+            headers.insert(name, header_value(&v));
+        }
+        _ => {
+            headers.insert(name, header_value(value));
+        }
+    }
 }
 
 /// A copy of the exchange for an internal forward.

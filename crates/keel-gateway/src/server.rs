@@ -673,7 +673,8 @@ pub async fn serve_on(
         let secure = tls.is_some();
         let svc = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) }
+            // Boxed once here, so hyper moves a pointer, not the whole request state machine.
+            Box::pin(async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) })
         });
         match &tls {
             None => {
