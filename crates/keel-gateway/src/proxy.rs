@@ -34,6 +34,13 @@ use crate::{
     route::{Matched, Route, RouteTable, Target},
 };
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
 /// Bodies up to this size are buffered so a retry can send them again.
 const REPLAY_LIMIT: u64 = 1 << 20;
 /// Most internal forwards (`forward:` URIs, fallbacks) per request.
@@ -658,8 +665,18 @@ impl Proxy {
         authority: &str,
         body: Body,
     ) -> Result<Request<Body>, UpstreamError> {
-        let uri: Uri = format!("http://{authority}{}", ex.path_and_query())
-            .parse()
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(
+            authority
+                .parse()
+                .map_err(|e| UpstreamError::Other(format!("invalid upstream authority: {e}")))?,
+        );
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(ex.path_and_query()))
+                .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?,
+        );
+        let uri = Uri::from_parts(parts)
             .map_err(|e| UpstreamError::Other(format!("invalid upstream URI: {e}")))?;
         let mut headers = ex.headers.clone();
         let upgrade = is_upgrade(&headers);
@@ -672,20 +689,20 @@ impl Proxy {
         let proto = if ex.secure { "https" } else { "http" };
         let client_ip = ex.client.ip().to_string();
         if self.forwarded.x_forwarded {
-            append_list(&mut headers, "x-forwarded-for", &client_ip);
-            append_list(&mut headers, "x-forwarded-proto", proto);
+            append_list(&mut headers, &X_FORWARDED_FOR, &client_ip);
+            append_list(&mut headers, &X_FORWARDED_PROTO, proto);
             if let Some(h) = &ex.host {
                 let text = h.to_str().unwrap_or_default();
-                append_list(&mut headers, "x-forwarded-host", text);
+                append_list(&mut headers, &X_FORWARDED_HOST, text);
                 let port = text
                     .rsplit_once(':')
                     .map(|(_, p)| p)
                     .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
                     .unwrap_or(if ex.secure { "443" } else { "80" });
-                append_list(&mut headers, "x-forwarded-port", port);
+                append_list(&mut headers, &X_FORWARDED_PORT, port);
             }
             if let Some(prefix) = &ex.prefix {
-                headers.insert("x-forwarded-prefix", header_value(prefix));
+                headers.insert(X_FORWARDED_PREFIX, header_value(prefix));
             }
         }
         if self.forwarded.forwarded {
@@ -700,7 +717,7 @@ impl Proxy {
                 v.push_str(h);
                 v.push('"');
             }
-            append_list(&mut headers, "forwarded", &v);
+            append_list(&mut headers, &FORWARDED, &v);
         }
         ex.trace.write_headers(&mut headers);
         if let Some(d) = ex.deadline {
@@ -740,14 +757,14 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn append_list(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     match headers.get(name).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => {
             let v = format!("{existing}, {value}");
-            headers.insert(name, header_value(&v));
+            headers.insert(name.clone(), header_value(&v));
         }
         _ => {
-            headers.insert(name, header_value(value));
+            headers.insert(name.clone(), header_value(value));
         }
     }
 }
