@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use keel_bus_sqlite::{Settings, SqliteBus};
 use keel_messaging::{Bus, Consumer, Inbox, Outbox, Subscription};
 use keel_saga::{Command, CommandError, Orchestrator, SagaDefinition, Step, command_handler};
-use keel_store::{Backend, Migration, Store, testing::TempDir};
+use keel_store::{Migration, Store, testing::TempDir};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -151,20 +151,143 @@ async fn effect(tx: &mut keel_store::Tx, order: &str, what: &str) -> Result<(), 
         .map_err(|e| CommandError::Retry(e.to_string()))
 }
 
-/// Runs `outbox`'s relay until `stop`. On PostgreSQL the tests give every service its own
-/// schema of one database, but the relay's leadership lock (an advisory lock) is per
-/// database, so only one of those relays would ever publish; there each outbox gets a
-/// plain polling loop instead.
+/// Runs `outbox`'s relay until `stop`. (On PostgreSQL every service has a schema of its
+/// own in one database; the relay's leadership lock is per outbox table, so each of them
+/// leads its own.)
 pub fn relay(outbox: Outbox, bus: Arc<dyn Bus>, stop: CancellationToken) {
-    if outbox.store().backend() == Backend::Sqlite {
-        tokio::spawn(outbox.run_relay(bus, stop));
-    } else {
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let _ = outbox.publish_batch(bus.as_ref()).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::spawn(outbox.run_relay(bus, stop));
+}
+
+/// Where a test runs: stores and bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// SQLite files, the embedded bus.
+    Sqlite,
+    /// PostgreSQL schemas (`KEEL_TEST_DATABASE_URL`), the embedded bus.
+    Postgres,
+    /// PostgreSQL schemas and NATS JetStream (`KEEL_TEST_NATS_URL`).
+    PostgresNats,
+}
+
+impl Env {
+    pub fn postgres(self) -> bool {
+        self != Env::Sqlite
+    }
+}
+
+/// The variable naming the NATS server (with JetStream) tests may use.
+pub const NATS_URL_VAR: &str = "KEEL_TEST_NATS_URL";
+/// The variable naming the PostgreSQL server tests may use.
+pub const DATABASE_URL_VAR: &str = "KEEL_TEST_DATABASE_URL";
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Whether `env` can run here; if not, prints a `NOTICE:` line saying `test` is skipped.
+pub fn available(test: &str, env: Env) -> bool {
+    let missing: Vec<&str> = match env {
+        Env::Sqlite => vec![],
+        Env::Postgres => [DATABASE_URL_VAR]
+            .into_iter()
+            .filter(|v| var(v).is_none())
+            .collect(),
+        Env::PostgresNats => [DATABASE_URL_VAR, NATS_URL_VAR]
+            .into_iter()
+            .filter(|v| var(v).is_none())
+            .collect(),
+    };
+    if missing.is_empty() {
+        return true;
+    }
+    eprintln!(
+        "NOTICE: skipping `{test}`: {} not set",
+        missing.join(" and ")
+    );
+    false
+}
+
+/// A NATS prefix no other test (or earlier run) uses: subjects, streams and durable
+/// consumers (the groups) all derive from it, so destinations and groups are unique too.
+pub fn unique_prefix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "ks{:x}",
+        t ^ (u64::from(std::process::id()) << 40) ^ (n << 56)
+    )
+}
+
+/// NATS settings for the saga tests under `prefix`.
+pub fn nats_settings(prefix: &str) -> keel_bus_nats::Settings {
+    keel_bus_nats::Settings {
+        prefix: prefix.to_owned(),
+        partitions: 4,
+        ack_wait: Duration::from_secs(2),
+        ..keel_bus_nats::Settings::default()
+    }
+}
+
+/// Opens the NATS bus under `prefix` at `KEEL_TEST_NATS_URL`.
+pub async fn open_nats(prefix: &str) -> Arc<dyn Bus> {
+    let url = var(NATS_URL_VAR).expect("KEEL_TEST_NATS_URL");
+    Arc::new(
+        keel_bus_nats::NatsBus::connect_with(&url, nats_settings(prefix))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Deletes the streams of a NATS prefix on drop (on a thread of its own, so it also runs
+/// while a failed test unwinds).
+#[derive(Debug)]
+pub struct NatsCleanup(pub String);
+
+impl Drop for NatsCleanup {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        let Some(url) = var(NATS_URL_VAR) else { return };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(bus) =
+                    keel_bus_nats::NatsBus::connect_with(&url, nats_settings(&prefix)).await
+                {
+                    let _ = bus.delete_all_streams().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A test's bus, and (NATS) the guard deleting its streams.
+pub struct TestBus {
+    pub bus: Arc<dyn Bus>,
+    pub cleanup: Option<NatsCleanup>,
+}
+
+/// The bus for `env`: the embedded one in `dir`, or NATS under a fresh prefix.
+pub async fn test_bus(dir: &TempDir, env: Env) -> TestBus {
+    match env {
+        Env::Sqlite | Env::Postgres => TestBus {
+            bus: open_bus(&dir.sqlite_url("bus.db")).await,
+            cleanup: None,
+        },
+        Env::PostgresNats => {
+            let prefix = unique_prefix();
+            TestBus {
+                bus: open_nats(&prefix).await,
+                cleanup: Some(NatsCleanup(prefix)),
             }
-        });
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! own process (this test binary re-executed in a worker mode). Sagas are started while
 //! processes are killed with SIGKILL at random moments and restarted; in the end every
 //! saga has ended consistently — completed with every effect exactly once, or compensated
-//! with exactly the completed steps undone — and no step was applied twice.
+//! with exactly the completed steps undone — and no step was applied twice. On SQLite with
+//! the embedded bus, and on PostgreSQL with NATS JetStream when `KEEL_TEST_DATABASE_URL`
+//! and `KEEL_TEST_NATS_URL` are set (else a `NOTICE:` line and a skip).
 
 mod common;
 
@@ -15,31 +17,38 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn worker_entry() {
-    let (Ok(mode), Ok(dir)) = (
+    let (Ok(mode), Ok(bus), Ok(store)) = (
         std::env::var("KEEL_SAGA_WORKER"),
-        std::env::var("KEEL_SAGA_DIR"),
+        std::env::var("KEEL_SAGA_BUS"),
+        std::env::var("KEEL_SAGA_STORE"),
     ) else {
         return; // a normal test run
     };
-    let bus = open_bus(&format!("sqlite://{dir}/bus.db")).await;
+    let bus = match bus.strip_prefix("nats:") {
+        Some(prefix) => open_nats(prefix).await,
+        None => open_bus(&bus).await,
+    };
     let stop = CancellationToken::new();
     match mode.as_str() {
         "order" => {
-            let _s = order_service(bus, &format!("sqlite://{dir}/order.db"), stop).await;
+            let _s = order_service(bus, &store, stop).await;
             std::future::pending::<()>().await;
         }
         name => {
-            let _p = participant(name, bus, &format!("sqlite://{dir}/{name}.db"), stop).await;
+            let _p = participant(name, bus, &store, stop).await;
             std::future::pending::<()>().await;
         }
     }
 }
 
-fn spawn(mode: &str, dir: &str) -> tokio::process::Child {
+/// Starts the worker `mode` on the bus `bus` (a `sqlite://` URL, or `nats:<prefix>` for
+/// the test NATS server) with its store at `store`.
+fn spawn(mode: &str, bus: &str, store: &str) -> tokio::process::Child {
     tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["worker_entry", "--exact", "--nocapture", "--test-threads=1"])
         .env("KEEL_SAGA_WORKER", mode)
-        .env("KEEL_SAGA_DIR", dir)
+        .env("KEEL_SAGA_BUS", bus)
+        .env("KEEL_SAGA_STORE", store)
         .env("KEEL_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -62,16 +71,45 @@ impl Lcg {
 
 #[tokio::test]
 async fn sagas_end_consistently_whatever_is_killed_and_when() {
-    let tmp = TempDir::new("saga-crash");
+    crash_rounds("saga-crash", Env::Sqlite, 6, 0x5eed_cafe).await;
+}
+
+#[tokio::test]
+async fn sagas_end_consistently_whatever_is_killed_and_when_on_postgres_and_nats() {
+    crash_rounds("saga-crash-nats", Env::PostgresNats, 12, 0xfeed_beef).await;
+}
+
+/// `rounds` rounds of: start 8 sagas, kill one of the four processes (at random) at a random
+/// moment, restart it. Then every saga must end, consistently.
+async fn crash_rounds(test: &str, env: Env, rounds: usize, seed: u64) {
+    if !available(test, env) {
+        return;
+    }
+    let tmp = TempDir::new(test);
     let dir = tmp.0.display().to_string();
     let names = ["order", "consumer", "kitchen", "accounting"];
+    let Some(urls) = store_urls(test, &tmp, env.postgres(), &names).await else {
+        return;
+    };
+    let (bus, _cleanup) = match env {
+        Env::PostgresNats => {
+            let prefix = unique_prefix();
+            (format!("nats:{prefix}"), Some(NatsCleanup(prefix)))
+        }
+        Env::Sqlite | Env::Postgres => {
+            let url = format!("sqlite://{dir}/bus.db");
+            let _ = open_bus(&url).await;
+            (url, None)
+        }
+    };
     // Create the schemas before the workers race for them.
-    let order_store = Store::connect(&format!("sqlite://{dir}/order.db"))
-        .await
-        .unwrap();
+    let order_store = Store::connect(&urls[0]).await.unwrap();
     order_store.migrate("order", ORDER_TABLES).await.unwrap();
-    let _ = open_bus(&format!("sqlite://{dir}/bus.db")).await;
-    let mut procs: Vec<tokio::process::Child> = names.iter().map(|n| spawn(n, &dir)).collect();
+    let mut procs: Vec<tokio::process::Child> = names
+        .iter()
+        .zip(&urls)
+        .map(|(n, u)| spawn(n, &bus, u))
+        .collect();
 
     // The test starts sagas itself (an orchestrator handle with no loop: the worker's relay
     // and reply consumer do the rest).
@@ -82,9 +120,9 @@ async fn sagas_end_consistently_whatever_is_killed_and_when() {
         .await
         .unwrap();
     let fails = ["", "consumer", "kitchen", "accounting", ""];
-    let mut rng = Lcg(0x5eed_cafe);
+    let mut rng = Lcg(seed);
     let mut started: Vec<(String, String, String)> = Vec::new();
-    for round in 0..6 {
+    for round in 0..rounds {
         for k in 0..8 {
             let order = format!("r{round}-{k}");
             let fail = fails[rng.next(fails.len() as u64) as usize].to_owned();
@@ -113,7 +151,7 @@ async fn sagas_end_consistently_whatever_is_killed_and_when() {
         procs[victim].start_kill().unwrap();
         let _ = procs[victim].wait().await;
         tokio::time::sleep(Duration::from_millis(rng.next(300))).await;
-        procs[victim] = spawn(names[victim], &dir);
+        procs[victim] = spawn(names[victim], &bus, &urls[victim]);
     }
 
     // Every saga ends.
@@ -133,15 +171,9 @@ async fn sagas_end_consistently_whatever_is_killed_and_when() {
     }
     assert_eq!(pending, 0, "sagas still running after 60 s");
 
-    let consumer = Store::connect(&format!("sqlite://{dir}/consumer.db"))
-        .await
-        .unwrap();
-    let kitchen = Store::connect(&format!("sqlite://{dir}/kitchen.db"))
-        .await
-        .unwrap();
-    let accounting = Store::connect(&format!("sqlite://{dir}/accounting.db"))
-        .await
-        .unwrap();
+    let consumer = Store::connect(&urls[1]).await.unwrap();
+    let kitchen = Store::connect(&urls[2]).await.unwrap();
+    let accounting = Store::connect(&urls[3]).await.unwrap();
     for (id, order, fail) in &started {
         let d = query::get(&order_store, id).await.unwrap().unwrap();
         let (c, k, a) = (

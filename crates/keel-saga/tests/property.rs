@@ -14,32 +14,25 @@ use tokio_util::sync::CancellationToken;
 
 const PLACES: [&str; 4] = ["", "consumer", "kitchen", "accounting"];
 
-async fn scenario(cases: Vec<(usize, usize)>) {
+async fn scenario(env: Env, cases: Vec<(usize, usize)>) {
     let dir = TempDir::new("saga-prop");
-    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let urls = store_urls(
+        "saga-prop",
+        &dir,
+        env.postgres(),
+        &["consumer", "kitchen", "accounting", "order"],
+    )
+    .await
+    .expect("the servers were checked");
+    let TestBus {
+        bus,
+        cleanup: _cleanup,
+    } = test_bus(&dir, env).await;
     let stop = CancellationToken::new();
-    let (consumer, c1) = participant(
-        "consumer",
-        bus.clone(),
-        &dir.sqlite_url("consumer.db"),
-        stop.clone(),
-    )
-    .await;
-    let (kitchen, c2) = participant(
-        "kitchen",
-        bus.clone(),
-        &dir.sqlite_url("kitchen.db"),
-        stop.clone(),
-    )
-    .await;
-    let (accounting, c3) = participant(
-        "accounting",
-        bus.clone(),
-        &dir.sqlite_url("accounting.db"),
-        stop.clone(),
-    )
-    .await;
-    let (order, orch) = order_service(bus.clone(), &dir.sqlite_url("order.db"), stop.clone()).await;
+    let (consumer, c1) = participant("consumer", bus.clone(), &urls[0], stop.clone()).await;
+    let (kitchen, c2) = participant("kitchen", bus.clone(), &urls[1], stop.clone()).await;
+    let (accounting, c3) = participant("accounting", bus.clone(), &urls[2], stop.clone()).await;
+    let (order, orch) = order_service(bus.clone(), &urls[3], stop.clone()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let tag = format!("{:x}", rand_tag());
     let mut started = Vec::new();
@@ -120,6 +113,34 @@ proptest! {
         cases in proptest::collection::vec((0usize..4, 0usize..4), 1..8)
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(scenario(cases));
+        rt.block_on(scenario(Env::Sqlite, cases));
     }
+}
+
+/// The same property on PostgreSQL (a fresh schema per service and case) with NATS
+/// JetStream (a prefix per case, its streams deleted afterwards); fewer cases.
+#[test]
+fn every_saga_commits_fully_or_compensates_exactly_on_postgres_and_nats() {
+    let test = "every_saga_commits_fully_or_compensates_exactly_on_postgres_and_nats";
+    if !available(test, Env::PostgresNats) {
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 2,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &proptest::collection::vec((0usize..4, 0usize..4), 1..8),
+            |cases| {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(scenario(Env::PostgresNats, cases));
+                Ok(())
+            },
+        )
+        .unwrap();
 }

@@ -2,8 +2,10 @@
 //! at each step (compensating exactly the completed steps, in reverse), duplicate and
 //! stale replies, step timeouts and resends (applied once), local steps and compensations
 //! rolled back to their savepoint on error, compensation retries, resource locks, the query
-//! API, definitions refused. The main scenarios run on SQLite files and, when
-//! `KEEL_TEST_DATABASE_URL` is set, on PostgreSQL (a fresh schema per service).
+//! API, definitions refused. The main scenarios run on SQLite files with the embedded bus;
+//! when `KEEL_TEST_DATABASE_URL` is set, on PostgreSQL (a fresh schema per service) with the
+//! embedded bus; and when `KEEL_TEST_NATS_URL` is set too, on PostgreSQL with NATS
+//! JetStream (a prefix of the test's own, its streams deleted afterwards).
 
 mod common;
 
@@ -28,24 +30,29 @@ struct World {
     kitchen: Store,
     accounting: Store,
     stop: CancellationToken,
+    /// Last: deletes the NATS streams once everything else is gone.
+    _cleanup: Option<NatsCleanup>,
 }
 
 async fn world(name: &str) -> World {
-    world_on(name, false).await.unwrap()
+    world_on(name, Env::Sqlite).await.unwrap()
 }
 
-/// The four services on SQLite files, or on PostgreSQL schemas (`None` when no server is
-/// configured). The bus is always the embedded one.
-async fn world_on(name: &str, postgres: bool) -> Option<World> {
+/// The four services in `env` (`None`, after a `NOTICE:` line, when its servers are not
+/// configured).
+async fn world_on(name: &str, env: Env) -> Option<World> {
+    if !available(name, env) {
+        return None;
+    }
     let dir = TempDir::new(name);
     let urls = store_urls(
         name,
         &dir,
-        postgres,
+        env.postgres(),
         &["consumer", "kitchen", "accounting", "order"],
     )
     .await?;
-    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let TestBus { bus, cleanup } = test_bus(&dir, env).await;
     let stop = CancellationToken::new();
     let (consumer, _c1) = participant("consumer", bus.clone(), &urls[0], stop.clone()).await;
     let (kitchen, _c2) = participant("kitchen", bus.clone(), &urls[1], stop.clone()).await;
@@ -62,6 +69,7 @@ async fn world_on(name: &str, postgres: bool) -> Option<World> {
         kitchen,
         accounting,
         stop,
+        _cleanup: cleanup,
     })
 }
 
@@ -115,7 +123,14 @@ async fn all_steps_succeed() {
 
 #[tokio::test]
 async fn all_steps_succeed_on_postgres() {
-    if let Some(w) = world_on("saga-ok-pg", true).await {
+    if let Some(w) = world_on("saga-ok-pg", Env::Postgres).await {
+        check_all_steps_succeed(w).await;
+    }
+}
+
+#[tokio::test]
+async fn all_steps_succeed_on_postgres_and_nats() {
+    if let Some(w) = world_on("saga-ok-nats", Env::PostgresNats).await {
         check_all_steps_succeed(w).await;
     }
 }
@@ -153,7 +168,14 @@ async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_rever
 
 #[tokio::test]
 async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_on_postgres() {
-    if let Some(w) = world_on("saga-fail-pg", true).await {
+    if let Some(w) = world_on("saga-fail-pg", Env::Postgres).await {
+        check_failures_compensate(w).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_on_postgres_and_nats() {
+    if let Some(w) = world_on("saga-fail-nats", Env::PostgresNats).await {
         check_failures_compensate(w).await;
     }
 }
@@ -228,7 +250,19 @@ async fn check_failures_compensate(w: World) {
 
 #[tokio::test]
 async fn duplicate_and_stale_replies_are_ignored() {
-    let w = world("saga-dup").await;
+    check_duplicates(world("saga-dup").await).await;
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_replies_are_ignored_on_postgres_and_nats() {
+    if let Some(w) = world_on("saga-dup-nats", Env::PostgresNats).await {
+        check_duplicates(w).await;
+    }
+}
+
+/// (On NATS the server itself drops the second publish of a message id within its
+/// duplicate window; on the embedded bus the orchestrator's inbox does.)
+async fn check_duplicates(w: World) {
     let id = start(&w, data("d1", "")).await;
     let d = wait_final(&w.order, &id).await;
     assert_eq!(d.summary.state, SagaState::Completed);
@@ -273,20 +307,31 @@ async fn duplicate_and_stale_replies_are_ignored() {
 
 #[tokio::test]
 async fn a_step_without_an_answer_times_out_and_compensates() {
-    check_timeout("saga-timeout", false).await;
+    check_timeout("saga-timeout", Env::Sqlite).await;
 }
 
 #[tokio::test]
 async fn a_step_without_an_answer_times_out_and_compensates_on_postgres() {
-    check_timeout("saga-timeout-pg", true).await;
+    check_timeout("saga-timeout-pg", Env::Postgres).await;
 }
 
-async fn check_timeout(name: &str, postgres: bool) {
+#[tokio::test]
+async fn a_step_without_an_answer_times_out_and_compensates_on_postgres_and_nats() {
+    check_timeout("saga-timeout-nats", Env::PostgresNats).await;
+}
+
+async fn check_timeout(name: &str, env: Env) {
+    if !available(name, env) {
+        return;
+    }
     let dir = TempDir::new(name);
-    let Some(urls) = store_urls(name, &dir, postgres, &["svc"]).await else {
+    let Some(urls) = store_urls(name, &dir, env.postgres(), &["svc"]).await else {
         return;
     };
-    let bus = open_bus(&dir.sqlite_url("bus.db")).await;
+    let TestBus {
+        bus,
+        cleanup: _cleanup,
+    } = test_bus(&dir, env).await;
     let store = Store::connect(&urls[0]).await.unwrap();
     store.migrate("t", ORDER_TABLES).await.unwrap();
     let outbox = Outbox::new(store.clone()).await.unwrap();
@@ -351,7 +396,7 @@ async fn a_locked_resource_refuses_a_second_saga_until_the_first_ends() {
 
 #[tokio::test]
 async fn a_locked_resource_refuses_a_second_saga_until_the_first_ends_on_postgres() {
-    if let Some(w) = world_on("saga-lock-pg", true).await {
+    if let Some(w) = world_on("saga-lock-pg", Env::Postgres).await {
         check_locks(w).await;
     }
 }
