@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod health;
+pub mod json;
 pub mod openapi;
 pub mod problem;
 pub mod server;

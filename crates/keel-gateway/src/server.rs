@@ -674,7 +674,9 @@ pub async fn serve_on(
         let svc = service_fn(move |req| {
             let gw = gw.clone();
             // Boxed once here, so hyper moves a pointer, not the whole request state machine.
-            Box::pin(async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) })
+            Box::pin(
+                async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) },
+            )
         });
         match &tls {
             None => {

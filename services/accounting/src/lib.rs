@@ -14,14 +14,12 @@ mod events;
 mod ledger;
 mod openapi;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
-use keel_chassis::{
-    ChassisArgs, CheckKind, ComponentHealth, Invalid, Service, Validate, axum::Router,
-};
-use keel_discovery::{Registrar, RegistrationConfig};
-use keel_messaging::{BusError, Inbox, Outbox, Subscription};
+use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
+use keel_discovery::RegistrationConfig;
+use keel_messaging::{BusError, Inbox, Subscription};
 use keel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -53,8 +51,8 @@ pub struct AccountingConfig {
 impl Default for AccountingConfig {
     fn default() -> Self {
         Self {
-            database: "sqlite://.keel/accounting.db".to_owned(),
-            bus: "sqlite://.keel/bus.db".to_owned(),
+            database: ftgo_runtime::default_database(SERVICE),
+            bus: ftgo_runtime::DEFAULT_BUS.to_owned(),
             account_wait_ms: 2_000,
             registration: None,
         }
@@ -63,35 +61,9 @@ impl Default for AccountingConfig {
 
 impl Validate for AccountingConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        if !(self.database.starts_with("sqlite:")
-            || self.database.starts_with("postgres://")
-            || self.database.starts_with("postgresql://"))
-        {
-            return Err(Invalid::new(
-                "database",
-                format!(
-                    "expected sqlite://… or postgres://…, got {:?}",
-                    self.database
-                ),
-            ));
-        }
-        if !(self.bus.starts_with("sqlite:") || self.bus.starts_with("nats://")) {
-            return Err(Invalid::new(
-                "bus",
-                format!("expected sqlite://… or nats://…, got {:?}", self.bus),
-            ));
-        }
+        ftgo_runtime::validate_common(&self.database, &self.bus, self.registration.as_ref())?;
         if self.account_wait_ms > 60_000 {
             return Err(Invalid::new("account_wait_ms", "must be at most 60000"));
-        }
-        if let Some(r) = &self.registration
-            && r.enabled
-            && r.registry.is_empty()
-        {
-            return Err(Invalid::new(
-                "registration.registry",
-                "at least one registry URL is required",
-            ));
         }
         Ok(())
     }
@@ -130,44 +102,20 @@ impl std::fmt::Debug for App {
 
 /// Runs accounting until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
-    let service = Service::<AccountingConfig>::load(SERVICE, args)?;
-    let config = service.config().clone();
-    keel_messaging::trace::set_source(|| {
-        keel_chassis::trace_context::current().map(|cx| keel_messaging::trace::TraceHeaders {
-            traceparent: cx.traceparent(),
-            tracestate: cx.tracestate,
-        })
-    });
-    let bound = service.bind().await?;
-    let addr = bound.local_addr().map_err(keel_chassis::Error::Serve)?;
-    let app = app(&config, bound.shutdown_token())
-        .await
-        .map_err(|e| keel_chassis::Error::Serve(io::Error::other(e)))?;
-    let store = app.store.clone();
-    bound
-        .health()
-        .register("database", CheckKind::Readiness, move || {
-            let store = store.clone();
-            async move {
-                match store.ping().await {
-                    Ok(()) => ComponentHealth::up(),
-                    Err(e) => ComponentHealth::down(e),
-                }
-            }
-        });
-    bound.spawn(app.background);
-    if let Some(mut reg) = config.registration.clone().filter(|r| r.enabled) {
-        if reg.service.is_empty() {
-            reg.service = SERVICE.to_owned();
-        }
-        if reg.port == 0 {
-            reg.port = addr.port();
-        }
-        // Registers now, heartbeats, and deregisters as soon as draining begins.
-        let registrar = Registrar::new(reg, reqwest::Client::new());
-        bound.spawn(registrar.run(bound.draining_token()));
-    }
-    bound.serve(app.router).await
+    ftgo_runtime::run(
+        SERVICE,
+        args,
+        |config: &AccountingConfig| config.registration.clone(),
+        |config, stop| async move {
+            let app = app(&config, stop).await?;
+            Ok::<_, StartError>(ftgo_runtime::Running {
+                router: app.router,
+                store: app.store,
+                background: app.background,
+            })
+        },
+    )
+    .await
 }
 
 /// [`app_with`] the reference system's [`CardRule`].
@@ -184,10 +132,19 @@ pub async fn app_with(
     authorizer: Arc<dyn Authorizer>,
     stop: CancellationToken,
 ) -> Result<App, StartError> {
-    let store = Store::connect(&config.database).await?;
-    store.migrate(SERVICE, ledger::MIGRATIONS).await?;
-    let bus = keel_bus::connect(&config.bus).await?;
-    let outbox = Outbox::new(store.clone()).await?;
+    let ftgo_runtime::Plumbing {
+        store,
+        bus,
+        outbox,
+        relay,
+    } = ftgo_runtime::start::<StartError>(
+        SERVICE,
+        &config.database,
+        &config.bus,
+        ledger::MIGRATIONS,
+        &stop,
+    )
+    .await?;
     let ctx = Arc::new(commands::Ctx {
         store: store.clone(),
         authorizer,
@@ -215,13 +172,12 @@ pub async fn app_with(
             events::on_consumer_event,
         )
         .await?;
-    let relay = outbox.run_relay(bus, stop.clone());
     let background = Box::pin(async move {
         let consume = async move {
             stop.cancelled().await;
             tokio::join!(commands.stop(), consumer_events.stop());
         };
-        tokio::join!(consume, relay);
+        let _ = tokio::join!(consume, relay);
     });
     Ok(App {
         router: api::router(store.clone()),

@@ -4,8 +4,6 @@
 //!
 //! `keel service consumer` runs it; tests drive [`app`] over HTTP and the embedded bus.
 
-mod body;
-
 use std::sync::Arc;
 
 use ftgo_contracts::{
@@ -17,7 +15,7 @@ use ftgo_contracts::{
 };
 use futures::future::BoxFuture;
 use keel_chassis::{
-    ApiResult, ChassisArgs, CheckKind, ComponentHealth, Invalid, Problem, Service, Validate,
+    ApiResult, ChassisArgs, Invalid, Problem, Validate,
     axum::{
         Json, Router,
         extract::{Path, State},
@@ -25,15 +23,15 @@ use keel_chassis::{
         routing::{get, post},
     },
 };
-use keel_discovery::{Registrar, RegistrationConfig};
-use keel_messaging::{Bus, BusError, Inbox, Message, Outbox, Subscription};
+use keel_discovery::RegistrationConfig;
+use keel_messaging::{BusError, Inbox, Message, Outbox, Subscription};
 use keel_saga::{CommandError, command_handler};
 use keel_store::{Migration, Store, StoreError, Tx, sqlx};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, invalid};
+use keel_chassis::json::{JsonBody, invalid_field};
 
 /// The service's name: its registry id, consumer group and `lb://` name.
 pub const SERVICE: &str = services::CONSUMER;
@@ -61,8 +59,8 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
-            database: "sqlite://.keel/consumer.db".to_owned(),
-            bus: "sqlite://.keel/bus.db".to_owned(),
+            database: ftgo_runtime::default_database(SERVICE),
+            bus: ftgo_runtime::DEFAULT_BUS.to_owned(),
             registration: None,
         }
     }
@@ -70,33 +68,7 @@ impl Default for ConsumerConfig {
 
 impl Validate for ConsumerConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        if !["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|p| self.database.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "database",
-                "expected sqlite://path/file.db or postgres://…",
-            ));
-        }
-        if !["sqlite:", "nats://"]
-            .iter()
-            .any(|p| self.bus.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "bus",
-                "expected sqlite://path/bus.db or nats://host:port",
-            ));
-        }
-        if let Some(r) = &self.registration
-            && r.enabled
-            && r.registry.is_empty()
-        {
-            return Err(Invalid::new(
-                "registration.registry",
-                "at least one registry URL is required",
-            ));
-        }
+        ftgo_runtime::validate_common(&self.database, &self.bus, self.registration.as_ref())?;
         Ok(())
     }
 }
@@ -146,55 +118,39 @@ impl std::fmt::Debug for App {
 
 /// Runs the consumer service until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
-    let service = Service::<ConsumerConfig>::load(SERVICE, args)?;
-    let config = service.config().clone();
-    keel_messaging::trace::set_source(|| {
-        keel_chassis::trace_context::current().map(|cx| keel_messaging::trace::TraceHeaders {
-            traceparent: cx.traceparent(),
-            tracestate: cx.tracestate,
-        })
-    });
-    let app = app(&config, service.shutdown_token())
-        .await
-        .map_err(|e| keel_chassis::Error::Serve(std::io::Error::other(e)))?;
-    let store = app.store.clone();
-    service
-        .health()
-        .register("database", CheckKind::Readiness, move || {
-            let store = store.clone();
-            async move {
-                match store.ping().await {
-                    Ok(()) => ComponentHealth::up(),
-                    Err(e) => ComponentHealth::down(e),
-                }
-            }
-        });
-    service.spawn(app.background);
-    let bound = service.bind().await?;
-    let addr = bound.local_addr().map_err(keel_chassis::Error::Serve)?;
-    if let Some(mut reg) = config.registration.clone().filter(|r| r.enabled) {
-        if reg.service.is_empty() {
-            reg.service = SERVICE.to_owned();
-        }
-        if reg.port == 0 {
-            reg.port = addr.port();
-        }
-        // Registers now, heartbeats, and deregisters as soon as draining begins.
-        let registrar = Registrar::new(reg, reqwest::Client::new());
-        bound.spawn(registrar.run(bound.draining_token()));
-    }
-    bound.serve(app.router).await
+    ftgo_runtime::run(
+        SERVICE,
+        args,
+        |config: &ConsumerConfig| config.registration.clone(),
+        |config, stop| async move {
+            let app = app(&config, stop).await?;
+            Ok::<_, StartError>(ftgo_runtime::Running {
+                router: app.router,
+                store: app.store,
+                background: app.background,
+            })
+        },
+    )
+    .await
 }
 
 /// Starts the service: opens and migrates its database, starts the outbox relay and the
 /// `consumer.commands` participant (consumer group `consumer`), and builds the routes.
 /// Everything in the background stops when `stop` is cancelled (see [`App::background`]).
 pub async fn app(config: &ConsumerConfig, stop: CancellationToken) -> Result<App, StartError> {
-    let store = Store::connect(&config.database).await?;
-    store.migrate(SERVICE, MIGRATIONS).await?;
-    let bus: Arc<dyn Bus> = keel_bus::connect(&config.bus).await?;
-    let outbox = Outbox::new(store.clone()).await?;
-    let relay = tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
+    let ftgo_runtime::Plumbing {
+        store,
+        bus,
+        outbox,
+        relay,
+    } = ftgo_runtime::start::<StartError>(
+        SERVICE,
+        &config.database,
+        &config.bus,
+        MIGRATIONS,
+        &stop,
+    )
+    .await?;
     let inbox = Inbox::new(store.clone(), destinations::CONSUMER_COMMANDS).await?;
     let handler = command_handler(inbox, outbox.clone(), |tx, command| {
         Box::pin(handle_command(tx, command))
@@ -267,10 +223,10 @@ struct ConsumerView {
 fn parse_card(card: &str) -> Result<String, Problem> {
     let digits: String = card.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid("card", "card must contain only digits"));
+        return Err(invalid_field("card", "card must contain only digits"));
     }
     if !(12..=19).contains(&digits.len()) {
-        return Err(invalid(
+        return Err(invalid_field(
             "card",
             format!("card must have 12 to 19 digits, not {}", digits.len()),
         ));
@@ -289,14 +245,14 @@ fn internal(e: impl std::fmt::Display) -> Problem {
 
 async fn create_consumer(
     State(state): State<Arc<AppState>>,
-    Body(req): Body<NewConsumer>,
+    JsonBody(req): JsonBody<NewConsumer>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
     let name = req.name.trim();
     if name.is_empty() {
-        return Err(invalid("name", "name must not be empty"));
+        return Err(invalid_field("name", "name must not be empty"));
     }
     if name.chars().count() > 200 {
-        return Err(invalid("name", "name must be at most 200 characters"));
+        return Err(invalid_field("name", "name must be at most 200 characters"));
     }
     let order_limit = req.order_limit.unwrap_or(DEFAULT_ORDER_LIMIT);
     let card = match req.card.as_deref() {

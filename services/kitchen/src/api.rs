@@ -15,10 +15,10 @@ use keel_store::{Store, now_ms};
 use serde::Deserialize;
 
 use crate::{
-    body::{Body, invalid},
     tickets::{self, Ticket, TicketState, TicketView},
     time,
 };
+use keel_chassis::json::{JsonBody, invalid_field};
 
 #[derive(Debug, Clone)]
 struct AppState {
@@ -82,10 +82,10 @@ async fn get_by_order(
 async fn accept(
     State(state): State<AppState>,
     Path(ticket_id): Path<String>,
-    Body(req): Body<AcceptTicket>,
+    JsonBody(req): JsonBody<AcceptTicket>,
 ) -> ApiResult<Json<TicketView>> {
     let Some(ready_ms) = time::parse_rfc3339(req.ready_by.trim()) else {
-        return Err(invalid(
+        return Err(invalid_field(
             "readyBy",
             format!(
                 "readyBy must be an RFC 3339 timestamp such as 2030-01-01T12:30:00Z, got {:?}",
@@ -94,7 +94,7 @@ async fn accept(
         ));
     };
     if ready_ms <= now_ms() {
-        return Err(invalid(
+        return Err(invalid_field(
             "readyBy",
             format!("readyBy must be in the future, got {}", req.ready_by),
         ));

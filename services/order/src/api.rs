@@ -18,10 +18,10 @@ use keel_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    body::{Body, invalid},
     db,
     sagas::{CancelOrderData, CreateOrderData},
 };
+use keel_chassis::json::{LenientJsonBody, invalid_field};
 
 pub(crate) struct AppState {
     pub(crate) store: Store,
@@ -143,7 +143,7 @@ fn bad(field: &str, detail: impl Into<String>) -> BadField {
 
 impl From<BadField> for Problem {
     fn from(b: BadField) -> Self {
-        invalid(&b.field, b.detail)
+        invalid_field(&b.field, b.detail)
     }
 }
 
@@ -205,7 +205,7 @@ fn validate(req: NewOrder) -> Result<Valid, BadField> {
 /// create-order saga commit together.
 async fn create_order(
     State(state): State<Arc<AppState>>,
-    Body(req): Body<NewOrder>,
+    LenientJsonBody(req): LenientJsonBody<NewOrder>,
 ) -> ApiResult<(
     StatusCode,
     [(header::HeaderName, String); 1],
@@ -241,7 +241,7 @@ async fn create_order(
         total = price
             .times(quantity)
             .and_then(|p| total.plus(p))
-            .ok_or_else(|| invalid("lineItems", "the order total is too large"))?;
+            .ok_or_else(|| invalid_field("lineItems", "the order total is too large"))?;
         line_items.push(LineItem {
             menu_item_id,
             name,

@@ -5,7 +5,6 @@
 //! `keel service order` runs it; tests drive [`app`] over HTTP and the embedded bus.
 
 mod api;
-mod body;
 mod db;
 mod openapi;
 mod replica;
@@ -14,11 +13,9 @@ mod sagas;
 use std::sync::Arc;
 
 use ftgo_contracts::services;
-use keel_chassis::{
-    ChassisArgs, CheckKind, ComponentHealth, Invalid, Service, Validate, axum::Router,
-};
-use keel_discovery::{Registrar, RegistrationConfig};
-use keel_messaging::{Bus, BusError, Consumer, Inbox, Outbox};
+use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
+use keel_discovery::RegistrationConfig;
+use keel_messaging::{Bus, BusError, Consumer, Inbox};
 use keel_saga::{Orchestrator, SagaError};
 use keel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -45,8 +42,8 @@ pub struct OrderConfig {
 impl Default for OrderConfig {
     fn default() -> Self {
         Self {
-            database: "sqlite://.keel/order.db".to_owned(),
-            bus: "sqlite://.keel/bus.db".to_owned(),
+            database: ftgo_runtime::default_database(services::ORDER),
+            bus: ftgo_runtime::DEFAULT_BUS.to_owned(),
             registration: None,
         }
     }
@@ -54,33 +51,7 @@ impl Default for OrderConfig {
 
 impl Validate for OrderConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        if !["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|p| self.database.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "database",
-                "expected sqlite://path/file.db or postgres://…",
-            ));
-        }
-        if !["sqlite:", "nats://"]
-            .iter()
-            .any(|p| self.bus.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "bus",
-                "expected sqlite://path/bus.db or nats://host:port",
-            ));
-        }
-        if let Some(r) = &self.registration
-            && r.enabled
-            && r.registry.is_empty()
-        {
-            return Err(Invalid::new(
-                "registration.registry",
-                "at least one registry URL is required",
-            ));
-        }
+        ftgo_runtime::validate_common(&self.database, &self.bus, self.registration.as_ref())?;
         Ok(())
     }
 }
@@ -139,44 +110,20 @@ impl Background {
 
 /// Runs the order service until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
-    let service = Service::<OrderConfig>::load(services::ORDER, args)?;
-    let config = service.config().clone();
-    keel_messaging::trace::set_source(|| {
-        keel_chassis::trace_context::current().map(|cx| keel_messaging::trace::TraceHeaders {
-            traceparent: cx.traceparent(),
-            tracestate: cx.tracestate,
-        })
-    });
-    let app = app(&config, service.shutdown_token())
-        .await
-        .map_err(|e| keel_chassis::Error::Serve(std::io::Error::other(e)))?;
-    let store = app.store.clone();
-    service
-        .health()
-        .register("database", CheckKind::Readiness, move || {
-            let store = store.clone();
-            async move {
-                match store.ping().await {
-                    Ok(()) => ComponentHealth::up(),
-                    Err(e) => ComponentHealth::down(e),
-                }
-            }
-        });
-    service.spawn(app.background.stopped());
-    let bound = service.bind().await?;
-    let addr = bound.local_addr().map_err(keel_chassis::Error::Serve)?;
-    if let Some(mut reg) = config.registration.clone().filter(|r| r.enabled) {
-        if reg.service.is_empty() {
-            reg.service = services::ORDER.to_owned();
-        }
-        if reg.port == 0 {
-            reg.port = addr.port();
-        }
-        // Registers now, heartbeats, and deregisters as soon as draining begins.
-        let registrar = Registrar::new(reg, reqwest::Client::new());
-        bound.spawn(registrar.run(bound.draining_token()));
-    }
-    bound.serve(app.router).await
+    ftgo_runtime::run(
+        services::ORDER,
+        args,
+        |config: &OrderConfig| config.registration.clone(),
+        |config, stop| async move {
+            let app = app(&config, stop).await?;
+            Ok::<_, StartError>(ftgo_runtime::Running {
+                router: app.router,
+                store: app.store,
+                background: Box::pin(app.background.stopped()),
+            })
+        },
+    )
+    .await
 }
 
 /// Starts the service: opens and migrates its database, starts the outbox relay, the
@@ -185,10 +132,19 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
 /// `restaurant.events` (group `order`), and builds the routes. Everything in the background
 /// stops when `stop` is cancelled (see [`Background::stopped`]).
 pub async fn app(config: &OrderConfig, stop: CancellationToken) -> Result<App, StartError> {
-    let store = Store::connect(&config.database).await?;
-    store.migrate(services::ORDER, db::MIGRATIONS).await?;
-    let bus: Arc<dyn Bus> = keel_bus::connect(&config.bus).await?;
-    let outbox = Outbox::new(store.clone()).await?;
+    let ftgo_runtime::Plumbing {
+        store,
+        bus,
+        outbox,
+        relay,
+    } = ftgo_runtime::start::<StartError>(
+        services::ORDER,
+        &config.database,
+        &config.bus,
+        db::MIGRATIONS,
+        &stop,
+    )
+    .await?;
     let create_order = Orchestrator::new(
         sagas::create_order(&outbox),
         store.clone(),
@@ -206,7 +162,7 @@ pub async fn app(config: &OrderConfig, stop: CancellationToken) -> Result<App, S
     let inbox = Inbox::new(store.clone(), replica::INBOX).await?;
     let replica = replica::subscribe(&inbox, bus.as_ref()).await?;
     let tasks = vec![
-        tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone())),
+        relay,
         spawn_orchestrator(&create_order, &bus, &stop),
         spawn_orchestrator(&cancel_order, &bus, &stop),
     ];

@@ -5,7 +5,6 @@
 //!
 //! `keel service restaurant` runs it; tests drive [`app`] over HTTP and the embedded bus.
 
-mod body;
 mod stock;
 
 use std::{collections::HashSet, sync::Arc};
@@ -17,7 +16,7 @@ use ftgo_contracts::{
 };
 use futures::future::BoxFuture;
 use keel_chassis::{
-    ApiResult, ChassisArgs, CheckKind, ComponentHealth, Invalid, Problem, Service, Validate,
+    ApiResult, ChassisArgs, Invalid, Problem, Validate,
     axum::{
         Json, Router,
         extract::{Path, State},
@@ -25,14 +24,14 @@ use keel_chassis::{
         routing::{get, post},
     },
 };
-use keel_discovery::{Registrar, RegistrationConfig};
-use keel_messaging::{Bus, BusError, Inbox, Message, Outbox, Subscription};
+use keel_discovery::RegistrationConfig;
+use keel_messaging::{BusError, Inbox, Message, Outbox, Subscription};
 use keel_store::{Migration, Store, StoreError, sqlx};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, invalid};
+use keel_chassis::json::{JsonBody, invalid_field};
 
 /// The service's name: its registry id, consumer group and `lb://` name.
 pub const SERVICE: &str = services::RESTAURANT;
@@ -55,8 +54,8 @@ pub struct RestaurantConfig {
 impl Default for RestaurantConfig {
     fn default() -> Self {
         Self {
-            database: "sqlite://.keel/restaurant.db".to_owned(),
-            bus: "sqlite://.keel/bus.db".to_owned(),
+            database: ftgo_runtime::default_database(SERVICE),
+            bus: ftgo_runtime::DEFAULT_BUS.to_owned(),
             registration: None,
         }
     }
@@ -64,33 +63,7 @@ impl Default for RestaurantConfig {
 
 impl Validate for RestaurantConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        if !["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|p| self.database.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "database",
-                "expected sqlite://path/file.db or postgres://…",
-            ));
-        }
-        if !["sqlite:", "nats://"]
-            .iter()
-            .any(|p| self.bus.starts_with(p))
-        {
-            return Err(Invalid::new(
-                "bus",
-                "expected sqlite://path/bus.db or nats://host:port",
-            ));
-        }
-        if let Some(r) = &self.registration
-            && r.enabled
-            && r.registry.is_empty()
-        {
-            return Err(Invalid::new(
-                "registration.registry",
-                "at least one registry URL is required",
-            ));
-        }
+        ftgo_runtime::validate_common(&self.database, &self.bus, self.registration.as_ref())?;
         Ok(())
     }
 }
@@ -160,55 +133,39 @@ impl std::fmt::Debug for App {
 
 /// Runs the restaurant service until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
-    let service = Service::<RestaurantConfig>::load(SERVICE, args)?;
-    let config = service.config().clone();
-    keel_messaging::trace::set_source(|| {
-        keel_chassis::trace_context::current().map(|cx| keel_messaging::trace::TraceHeaders {
-            traceparent: cx.traceparent(),
-            tracestate: cx.tracestate,
-        })
-    });
-    let app = app(&config, service.shutdown_token())
-        .await
-        .map_err(|e| keel_chassis::Error::Serve(std::io::Error::other(e)))?;
-    let store = app.store.clone();
-    service
-        .health()
-        .register("database", CheckKind::Readiness, move || {
-            let store = store.clone();
-            async move {
-                match store.ping().await {
-                    Ok(()) => ComponentHealth::up(),
-                    Err(e) => ComponentHealth::down(e),
-                }
-            }
-        });
-    service.spawn(app.background);
-    let bound = service.bind().await?;
-    let addr = bound.local_addr().map_err(keel_chassis::Error::Serve)?;
-    if let Some(mut reg) = config.registration.clone().filter(|r| r.enabled) {
-        if reg.service.is_empty() {
-            reg.service = SERVICE.to_owned();
-        }
-        if reg.port == 0 {
-            reg.port = addr.port();
-        }
-        // Registers now, heartbeats, and deregisters as soon as draining begins.
-        let registrar = Registrar::new(reg, reqwest::Client::new());
-        bound.spawn(registrar.run(bound.draining_token()));
-    }
-    bound.serve(app.router).await
+    ftgo_runtime::run(
+        SERVICE,
+        args,
+        |config: &RestaurantConfig| config.registration.clone(),
+        |config, stop| async move {
+            let app = app(&config, stop).await?;
+            Ok::<_, StartError>(ftgo_runtime::Running {
+                router: app.router,
+                store: app.store,
+                background: app.background,
+            })
+        },
+    )
+    .await
 }
 
 /// Starts the service: opens and migrates its database, starts the outbox relay and the
 /// `order.events` consumer (group `restaurant`, through the inbox), and builds the routes.
 /// Everything in the background stops when `stop` is cancelled (see [`App::background`]).
 pub async fn app(config: &RestaurantConfig, stop: CancellationToken) -> Result<App, StartError> {
-    let store = Store::connect(&config.database).await?;
-    store.migrate(SERVICE, MIGRATIONS).await?;
-    let bus: Arc<dyn Bus> = keel_bus::connect(&config.bus).await?;
-    let outbox = Outbox::new(store.clone()).await?;
-    let relay = tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
+    let ftgo_runtime::Plumbing {
+        store,
+        bus,
+        outbox,
+        relay,
+    } = ftgo_runtime::start::<StartError>(
+        SERVICE,
+        &config.database,
+        &config.bus,
+        MIGRATIONS,
+        &stop,
+    )
+    .await?;
     let inbox = Inbox::new(store.clone(), "restaurant.order-events").await?;
     let events_outbox = outbox.clone();
     let order_events = inbox
@@ -304,10 +261,10 @@ fn internal(e: impl std::fmt::Display) -> Problem {
 fn text(field: &str, value: &str) -> Result<String, Problem> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(invalid(field, format!("{field} must not be empty")));
+        return Err(invalid_field(field, format!("{field} must not be empty")));
     }
     if v.chars().count() > MAX_TEXT {
-        return Err(invalid(
+        return Err(invalid_field(
             field,
             format!("{field} must be at most {MAX_TEXT} characters"),
         ));
@@ -320,10 +277,10 @@ fn text(field: &str, value: &str) -> Result<String, Problem> {
 fn validate(req: NewRestaurant) -> Result<(String, Vec<MenuItem>), Problem> {
     let name = text("name", &req.name)?;
     if req.menu.is_empty() {
-        return Err(invalid("menu", "menu must have at least one item"));
+        return Err(invalid_field("menu", "menu must have at least one item"));
     }
     if req.menu.len() > MAX_MENU_ITEMS {
-        return Err(invalid(
+        return Err(invalid_field(
             "menu",
             format!("menu must have at most {MAX_MENU_ITEMS} items"),
         ));
@@ -333,14 +290,14 @@ fn validate(req: NewRestaurant) -> Result<(String, Vec<MenuItem>), Problem> {
     for (i, item) in req.menu.into_iter().enumerate() {
         let id = text(&format!("menu[{i}].id"), &item.id)?;
         if !seen.insert(id.clone()) {
-            return Err(invalid(
+            return Err(invalid_field(
                 &format!("menu[{i}].id"),
                 format!("menu[{i}].id {id:?} appears more than once"),
             ));
         }
         let item_name = text(&format!("menu[{i}].name"), &item.name)?;
         if item.price <= Money(0) {
-            return Err(invalid(
+            return Err(invalid_field(
                 &format!("menu[{i}].price"),
                 format!("menu[{i}].price must be more than 0.00"),
             ));
@@ -357,7 +314,7 @@ fn validate(req: NewRestaurant) -> Result<(String, Vec<MenuItem>), Problem> {
 
 async fn create_restaurant(
     State(state): State<Arc<AppState>>,
-    Body(req): Body<NewRestaurant>,
+    JsonBody(req): JsonBody<NewRestaurant>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
     let (name, menu) = validate(req)?;
     let id = keel_messaging::new_id();
