@@ -64,7 +64,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
         opts.seconds
     );
     let stop = CancellationToken::new();
-    tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
+    // Kept so the relay can hand its lease back before the process exits (a next run on the
+    // same SQLite file would otherwise wait out the lease).
+    let relay = tokio::spawn(outbox.clone().run_relay(bus.clone(), stop.clone()));
 
     let mut summary = Vec::new();
     for &rate in &opts.rates {
@@ -161,6 +163,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         ));
     }
     stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     let _ = sqlx::query("DELETE FROM bench_orders")
         .execute(store.pool())
         .await;
