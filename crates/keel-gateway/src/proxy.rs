@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::{
     body::Body,
-    client::Clients,
+    client::{Clients, Http1Pool, PoolError},
     config::ForwardedSettings,
     cors,
     exchange::Exchange,
@@ -51,6 +51,8 @@ const MAX_FORWARDS: u8 = 4;
 pub(crate) struct Proxy {
     pub(crate) table: ArcSwap<RouteTable>,
     pub(crate) clients: Clients,
+    /// HTTP/1 upstream connections (h2c goes through `clients`).
+    pub(crate) pool: Http1Pool,
     pub(crate) balancer: Option<Balancer>,
     pub(crate) forwarded: ForwardedSettings,
     /// Global time to the response head.
@@ -634,14 +636,27 @@ impl Proxy {
             .into_iter()
             .flatten()
             .min();
-        let client = self.clients.get(connect_timeout, h2c);
-        let call = client.request(req);
+        let call = async {
+            if h2c {
+                let client = self.clients.get(connect_timeout, true);
+                client.request(req).await.map_err(|e| classify(&e))
+            } else {
+                let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
+                self.pool
+                    .send(&authority, connect, req)
+                    .await
+                    .map_err(|e| match e {
+                        PoolError::Connect(m) => UpstreamError::Connect(m),
+                        PoolError::Send(e) => UpstreamError::Other(root_cause(&e)),
+                    })
+            }
+        };
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, call).await {
-                Ok(r) => r.map_err(|e| classify(&e)),
+                Ok(r) => r,
                 Err(_) => Err(UpstreamError::Timeout(t)),
             },
-            None => call.await.map_err(|e| classify(&e)),
+            None => call.await,
         };
         if let Some(pick) = pick {
             let outcome = match &result {
@@ -737,6 +752,16 @@ fn breaker_name(b: &crate::route::BreakerPolicy) -> String {
         .strip_prefix("gateway:")
         .unwrap_or(b.breaker.name())
         .to_owned()
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {

@@ -163,6 +163,10 @@ impl Gateway {
         let proxy = Arc::new(Proxy {
             table: ArcSwap::from_pointee(table),
             clients: Clients::new(config.http_client.clone()),
+            pool: crate::client::Http1Pool::new(
+                config.http_client.pool_max_idle_per_host,
+                config.http_client.pool_idle_timeout,
+            ),
             balancer,
             forwarded: config.forwarded,
             response_timeout: config.http_client.response_timeout,
