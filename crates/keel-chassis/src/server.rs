@@ -339,7 +339,10 @@ async fn enrich(res: Response, path: &str, trace_id: Option<String>) -> Response
 /// Largest non-problem error body that is carried over into `detail`.
 const MAX_DETAIL_BYTES: usize = 4096;
 
-async fn problemize(req: Request, next: Next) -> Response {
+/// Middleware (`axum::middleware::from_fn(problemize)`): rewrites any 4xx/5xx response that
+/// is not already problem+json (extractor rejections, 404, 405, …) into one. Part of
+/// [`apply_stack`]; exported for routers served outside it (e.g. the gateway's admin API).
+pub async fn problemize(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let trace_id = req

@@ -361,6 +361,7 @@ fn admin_router(gw: Weak, health: Health, token: Option<String>) -> Router {
         ))
         .with_state(gw);
     keel_chassis::server::with_builtin_routes(gateway, health, token)
+        .layer(axum::middleware::from_fn(keel_chassis::server::problemize))
 }
 
 async fn require_admin(

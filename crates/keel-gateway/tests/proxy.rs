@@ -526,6 +526,32 @@ async fn actuator_lists_routes_and_reload_keeps_good_routes() {
     assert_eq!(routes[0]["predicates"][0], "Path=/**");
     let ready = c.get(gw.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    let one: Value = c
+        .get(gw.url("/actuator/gateway/routes/one"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["route_id"], "one");
+    let p = problem(
+        c.get(gw.url("/actuator/gateway/routes/nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("nope"), "{p}");
+    problem(
+        c.get(gw.url("/actuator/gateway/refresh"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
 
     // A broken file is rejected by refresh; the old routes keep serving.
     std::fs::write(
