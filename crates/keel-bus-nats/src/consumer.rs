@@ -144,7 +144,10 @@ impl Group {
         let mut backoff = Duration::from_millis(100);
         let settings = self.bus.settings().clone();
         // Heartbeats from the server reveal a dead connection or a lost pull request.
-        let heartbeat = Duration::from_secs(5);
+        let heartbeat = Duration::from_secs(2);
+        // A pull request outlives a stopped member on the server (NATS 2.9 still delivers to
+        // it; the message then waits out `ack_wait`), so requests are kept short-lived.
+        let expires = Duration::from_secs(5);
         loop {
             if stop.is_cancelled() {
                 return;
@@ -158,7 +161,7 @@ impl Group {
                 consumer
                     .stream()
                     .max_messages_per_batch(settings.pull_batch.max(1))
-                    .expires(Duration::from_secs(30))
+                    .expires(expires)
                     .heartbeat(heartbeat)
                     .messages()
                     .await
