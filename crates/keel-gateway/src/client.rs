@@ -1,10 +1,16 @@
-//! Upstream connections: pooled keep-alive HTTP/1.1 clients and HTTP/2 prior-knowledge (h2c)
-//! clients, one pair per connect timeout in use.
+//! Upstream connections: pooled keep-alive HTTP/1.1 clients (plain or TLS) and HTTP/2
+//! prior-knowledge (h2c) clients, one per connect timeout in use.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
+};
+
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 
 use hyper_util::{
@@ -84,14 +90,160 @@ pub(crate) struct Http1Pool {
     idle: Arc<Mutex<HashMap<Box<str>, Vec<IdleSender>>>>,
     max_per_host: usize,
     idle_timeout: Duration,
+    tls: Arc<UpstreamTls>,
+}
+
+/// How `https://` upstreams are trusted: the system's roots plus
+/// `httpclient.ssl.trusted-x509-certificates`, or nothing checked
+/// (`use-insecure-trust-manager`). The connector is built on first use, so a gateway with
+/// no TLS upstream never loads the system's roots.
+#[derive(Default)]
+pub(crate) struct UpstreamTls {
+    extra: Vec<CertificateDer<'static>>,
+    insecure: bool,
+    connector: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("extra", &self.extra.len())
+            .field("insecure", &self.insecure)
+            .field("built", &self.connector.get().map(Result::is_ok))
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Reads the extra trusted certificates; the error names the setting and the file.
+    pub(crate) fn new(settings: &HttpClientSettings) -> Result<Self, String> {
+        let mut extra = Vec::new();
+        for path in &settings.trusted_certificates {
+            let certs = read_certificates(path).map_err(|e| {
+                format!(
+                    "httpclient.ssl.trusted-x509-certificates {}: {e}",
+                    path.display()
+                )
+            })?;
+            extra.extend(certs);
+        }
+        Ok(Self {
+            extra,
+            insecure: settings.insecure,
+            connector: OnceLock::new(),
+        })
+    }
+
+    fn connector(&self) -> Result<&tokio_rustls::TlsConnector, String> {
+        self.connector
+            .get_or_init(|| self.build())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn build(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut config = if self.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(error = %e, "a system CA certificate could not be read");
+            }
+            let (_, ignored) = roots.add_parsable_certificates(native.certs);
+            if ignored > 0 {
+                tracing::debug!(ignored, "unparsable system CA certificates skipped");
+            }
+            for c in &self.extra {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| format!("httpclient.ssl.trusted-x509-certificates: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("no trusted CA certificate: the system has none and httpclient.ssl.trusted-x509-certificates names none".into());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+}
+
+fn read_certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    Ok(certs)
+}
+
+/// `use-insecure-trust-manager`: accepts any certificate (signatures are still checked, so
+/// the handshake is a real one).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl Http1Pool {
-    pub(crate) fn new(max_per_host: usize, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(max_per_host: usize, idle_timeout: Duration, tls: UpstreamTls) -> Self {
         Self {
             idle: Arc::default(),
             max_per_host: max_per_host.max(1),
             idle_timeout,
+            tls: Arc::new(tls),
         }
     }
 
@@ -120,45 +272,66 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(authority: &str, timeout: Duration) -> Result<Sender, PoolError> {
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority))
-            .await
-            .map_err(|_| {
-                PoolError::Connect(format!(
-                    "connect timed out after {} ms",
-                    timeout.as_millis()
-                ))
-            })?
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    async fn connect(
+        &self,
+        authority: &str,
+        tls: bool,
+        timeout: Duration,
+    ) -> Result<Sender, PoolError> {
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(authority)
                 .await
                 .map_err(|e| PoolError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+            let _ = stream.set_nodelay(true);
+            if !tls {
+                return handshake(stream).await;
             }
-        });
-        Ok(sender)
+            let connector = self.tls.connector().map_err(PoolError::Connect)?;
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| PoolError::Connect(format!("TLS server name {host:?}: {e}")))?;
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| PoolError::Connect(format!("TLS handshake with {authority}: {e}")))?;
+            handshake(stream).await
+        };
+        tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            PoolError::Connect(format!(
+                "connect timed out after {} ms",
+                timeout.as_millis()
+            ))
+        })?
     }
 
     /// Sends `req` to `authority`.
     pub(crate) async fn send(
         &self,
         authority: &str,
+        tls: bool,
         connect_timeout: Duration,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, PoolError> {
+        // TLS and plain connections to one host:port are pooled apart.
+        let key: std::borrow::Cow<'_, str> = if tls {
+            format!("tls:{authority}").into()
+        } else {
+            authority.into()
+        };
+        let authority_key = key.as_ref();
         loop {
-            let (mut sender, reused) = match self.checkout(authority) {
+            let (mut sender, reused) = match self.checkout(authority_key) {
                 Some(s) => (s, true),
-                None => (Self::connect(authority, connect_timeout).await?, false),
+                None => (self.connect(authority, tls, connect_timeout).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                        self.checkin(authority, sender);
+                        self.checkin(authority_key, sender);
                     }
                     return Ok(res);
                 }
@@ -170,4 +343,20 @@ impl Http1Pool {
             }
         }
     }
+}
+
+async fn handshake<S>(stream: S) -> Result<Sender, PoolError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

@@ -617,8 +617,12 @@ impl Proxy {
         body: Body,
         avoid: &mut Vec<String>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let (authority, h2c, pick) = match target {
-            Target::Http { authority, h2c, .. } => (authority.to_string(), *h2c, None),
+        let (authority, h2c, tls, pick) = match target {
+            Target::Http {
+                authority,
+                h2c,
+                tls,
+            } => (authority.to_string(), *h2c, *tls, None),
             Target::Lb { service } => {
                 let balancer = self
                     .balancer
@@ -627,7 +631,8 @@ impl Proxy {
                 let pick = balancer
                     .pick(service, avoid)
                     .map_err(|e| UpstreamError::NoInstance(e.service))?;
-                (pick.instance.authority(), false, Some(pick))
+                let tls = pick.instance.secure;
+                (pick.instance.authority(), false, tls, Some(pick))
             }
             _ => return Err(UpstreamError::Other("not an upstream route".into())),
         };
@@ -643,7 +648,7 @@ impl Proxy {
             } else {
                 let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
                 self.pool
-                    .send(&authority, connect, req)
+                    .send(&authority, tls, connect, req)
                     .await
                     .map_err(|e| match e {
                         PoolError::Connect(m) => UpstreamError::Connect(m),

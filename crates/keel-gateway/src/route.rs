@@ -32,6 +32,8 @@ pub(crate) enum Target {
     Http {
         /// HTTP/2 with prior knowledge (`h2c://`).
         h2c: bool,
+        /// TLS (`https://`, `wss://`).
+        tls: bool,
         /// `host:port`.
         authority: Authority,
     },
@@ -71,12 +73,8 @@ impl Target {
                 })
             }
             s @ ("http" | "https" | "ws" | "wss" | "h2c") => {
-                if matches!(s, "https" | "wss") {
-                    return Err(format!(
-                        "{uri:?}: https:// upstreams are not supported by this version of keel gateway"
-                    ));
-                }
-                let default_port = 80;
+                let tls = matches!(s, "https" | "wss");
+                let default_port = if tls { 443 } else { 80 };
                 let with_port = if host
                     .rsplit_once(':')
                     .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
@@ -93,6 +91,7 @@ impl Target {
                 }
                 Ok(Target::Http {
                     h2c: s == "h2c",
+                    tls,
                     authority,
                 })
             }
@@ -726,7 +725,14 @@ mod tests {
         assert!(
             matches!(Target::parse("forward:/fallback").unwrap(), Target::Forward(p) if p == "/fallback")
         );
-        assert!(Target::parse("https://x").is_err());
+        assert!(matches!(
+            Target::parse("https://x").unwrap(),
+            Target::Http { tls: true, ref authority, .. } if authority.as_str() == "x:443"
+        ));
+        assert!(matches!(
+            Target::parse("wss://x:8443/ws").unwrap(),
+            Target::Http { tls: true, ref authority, .. } if authority.as_str() == "x:8443"
+        ));
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("nonsense").is_err());
         assert!(Target::parse("lb://").is_err());

@@ -166,6 +166,7 @@ impl Gateway {
             pool: crate::client::Http1Pool::new(
                 config.http_client.pool_max_idle_per_host,
                 config.http_client.pool_idle_timeout,
+                crate::client::UpstreamTls::new(&config.http_client).map_err(Error::Tls)?,
             ),
             balancer,
             forwarded: config.forwarded,
@@ -518,6 +519,12 @@ fn tls_acceptor(
 /// Compiles `config`'s routes without serving them; returns how many there are. This is
 /// what start-up and reload check before a file is used.
 pub fn check(config: &GatewayConfig) -> Result<usize, LoadError> {
+    crate::client::UpstreamTls::new(&config.http_client).map_err(|problem| LoadError::Invalid {
+        file: config.file.clone(),
+        route: None,
+        field: "httpclient.ssl.trusted-x509-certificates".into(),
+        problem,
+    })?;
     RouteTable::build(config, &Shared::for_check()).map(|t| t.routes.len())
 }
 

@@ -1070,6 +1070,96 @@ async fn terminates_tls() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
 
+/// An `https://` upstream: here a TLS-terminating gateway (the test CA's certificate for
+/// `localhost`) in front of a plain upstream.
+async fn tls_upstream(up: &Upstream) -> Gw {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    gateway(&format!(
+        "server:\n  tls:\n    certificate: {c}\n    private-key: {k}\ngateway:\n  routes:\n    - {{id: u, uri: '{url}', predicates: ['Path=/**']}}\n",
+        c = fixtures.join("cert.pem").display(),
+        k = fixtures.join("key.pem").display(),
+        url = up.url()
+    ))
+    .await
+}
+
+fn spring_https_route(port: u16, ssl: &str) -> String {
+    format!(
+        "spring:\n  cloud:\n    gateway:\n      httpclient:\n        ssl:\n{ssl}      routes:\n        - id: s\n          uri: https://localhost:{port}\n          predicates: ['Path=/**']\n"
+    )
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_trusted_certificates() {
+    let up = upstream("secure").await;
+    let front = tls_upstream(&up).await;
+    let port = front.addr.port();
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ca.pem");
+    // Trusting the test CA: proxied over TLS, with the upstream's own Host.
+    let trusted = gateway(&spring_https_route(
+        port,
+        &format!(
+            "          trusted-x509-certificates: ['file:{}']\n",
+            ca.display()
+        ),
+    ))
+    .await;
+    for _ in 0..3 {
+        let res = client().get(trusted.url("/hello")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["upstream"], "secure", "{body}");
+        // The second hop was https to localhost (the certificate's name).
+        assert_eq!(
+            body["headers"]["x-forwarded-proto"], "http, https",
+            "{body}"
+        );
+        let host = format!("localhost:{port}");
+        assert!(
+            body["headers"]["x-forwarded-host"]
+                .as_str()
+                .is_some_and(|h| h.ends_with(&host)),
+            "{body}"
+        );
+    }
+    // Only the system's roots: the test CA is unknown, the handshake fails, 502 problem.
+    let untrusted = gateway(&spring_https_route(
+        port,
+        "          use-insecure-trust-manager: false\n",
+    ))
+    .await;
+    let res = client().get(untrusted.url("/hello")).send().await.unwrap();
+    let p = problem(res, 502).await;
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("TLS")
+            || p.to_string().contains("certificate"),
+        "{p}"
+    );
+    // The insecure trust manager accepts any certificate.
+    let insecure = gateway(&spring_https_route(
+        port,
+        "          use-insecure-trust-manager: true\n",
+    ))
+    .await;
+    let res = client().get(insecure.url("/hello")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // A trusted-certificates file that holds no certificate is a load error naming the key.
+    let file = std::env::temp_dir().join(format!("keel-gw-notcert-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        spring_https_route(port, "          trusted-x509-certificates: [/dev/null]\n"),
+    )
+    .unwrap();
+    let config = keel_gateway::GatewayConfig::load(&file, &[]).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let e = keel_gateway::check(&config).unwrap_err().to_string();
+    assert!(
+        e.contains("httpclient.ssl.trusted-x509-certificates"),
+        "{e}"
+    );
+    assert!(e.contains("/dev/null"), "{e}");
+}
+
 #[tokio::test]
 async fn discovery_locator_routes_by_service_name() {
     let a = upstream("inventory").await;

@@ -92,6 +92,8 @@ pub const RELAY_LOCK_CLASS: i64 = 0x6b65_656c;
 const BATCH: i64 = 500;
 /// Idle safety-net poll, and how often a standby tries to become the leader.
 const POLL: Duration = Duration::from_secs(1);
+/// The backlog gauge is refreshed at most this often while messages flow.
+const BACKLOG_EVERY: Duration = Duration::from_millis(500);
 /// SQLite: how long a relay's lease lasts without renewal.
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -310,6 +312,8 @@ impl Outbox {
             Leader::Lock(_) => Duration::from_secs(5),
         };
         let mut backoff = Duration::from_millis(50);
+        // The backlog gauge costs a COUNT(*): taken at most every BACKLOG_EVERY, not per batch.
+        let mut gauged: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -350,8 +354,14 @@ impl Outbox {
             match outcome {
                 Ok(n) => {
                     backoff = Duration::from_millis(50);
-                    if let Ok(b) = self.backlog().await {
+                    if n == 0 {
+                        // The batch found nothing to publish: the backlog is empty.
+                        metrics::gauge!("keel_outbox_backlog").set(0.0);
+                    } else if gauged.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY)
+                        && let Ok(b) = self.backlog().await
+                    {
                         metrics::gauge!("keel_outbox_backlog").set(b as f64);
+                        gauged = Some(Instant::now());
                     }
                     if n as i64 >= BATCH {
                         continue;
