@@ -1,7 +1,7 @@
 //! The `keel` binary: one executable for every Keel component. Thin by design — argument
 //! parsing and wiring; the work lives in the library crates.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +76,100 @@ enum Command {
     /// Run one of the reference system's services (food delivery).
     #[command(subcommand)]
     Service(RefService),
+    /// Place orders through the gateway at a fixed rate and report outcomes and order →
+    /// terminal latency (the reference system must be up: `keel up`).
+    Load(LoadArgs),
+    /// A load run while service processes of `keel up` are killed (kill -9) and payment
+    /// networks fail, then the invariants: every order terminal, none authorized twice,
+    /// stock and accounts consistent, order history equal to the services.
+    Chaos {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// `keel up`'s data directory (only its processes are killed).
+        #[arg(long, default_value = ".keel")]
+        data_dir: PathBuf,
+        /// Kill one process this often.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        kill_every: Duration,
+        /// Processes that may be killed (default: every service and payment network).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// No payment-network faults.
+        #[arg(long)]
+        no_network_faults: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// The gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// The registry (order states are read from the order service it lists).
+    #[arg(long, default_value = "http://127.0.0.1:8761")]
+    registry: String,
+    /// Orders per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Several rates, one run each, and the saturation rate (e.g. 50,100,200).
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    rates: Vec<f64>,
+    /// How long to place orders (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many orders.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Consumers the orders are spread over.
+    #[arg(long, default_value_t = 10)]
+    consumers: usize,
+    /// Percent of orders paid with the declined test card.
+    #[arg(long, default_value_t = 0)]
+    declined_percent: u32,
+    /// The p99 order → terminal latency a rate must keep to count as sustained.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    p99_target: Duration,
+    /// How long to wait for orders to become terminal after the last was placed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    settle: Duration,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl LoadArgs {
+    fn options(&self) -> ftgo_load::LoadOptions {
+        ftgo_load::LoadOptions {
+            gateway: self.gateway.clone(),
+            registry: self.registry.clone(),
+            rate: self.rates.first().copied().unwrap_or(self.rate),
+            duration: self.duration,
+            count: self.count,
+            consumers: self.consumers,
+            declined_percent: self.declined_percent,
+            settle: self.settle,
+            progress: !self.quiet,
+        }
+    }
+}
+
+/// `250ms`, `5s`, `2m` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 500ms, 30s or 2m, got {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +275,22 @@ enum RefService {
     Kitchen(keel_chassis::ChassisArgs),
     /// Accounts and card authorizations.
     Accounting(keel_chassis::ChassisArgs),
+    /// Deliveries and couriers (choreography on accepted tickets).
+    Delivery(keel_chassis::ChassisArgs),
+    /// A payment-network simulator (`--set app.network=van-a`).
+    Van(keel_chassis::ChassisArgs),
+    /// Order history: a read model (CQRS) built only from events.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HistoryArgs {
+    /// Wipe the view and replay every retained event into it, then exit (the service need
+    /// not run; a running one keeps serving the old view until it restarts).
+    #[arg(long)]
+    rebuild: bool,
+    #[command(flatten)]
+    chassis: keel_chassis::ChassisArgs,
 }
 
 impl RefService {
@@ -193,13 +303,27 @@ impl RefService {
             RefService::Order(a) => ("order", a),
             RefService::Kitchen(a) => ("kitchen", a),
             RefService::Accounting(a) => ("accounting", a),
+            RefService::Delivery(a) => ("delivery", a),
+            RefService::Van(a) => ("van", a),
+            RefService::History(h) => ("history", h.chassis),
         };
         if let Some(dir) = std::env::var_os("KEEL_DATA_DIR") {
             let dir = PathBuf::from(dir);
-            for (key, file) in [
-                ("app.database", format!("{name}.db")),
-                ("app.bus", "bus.db".into()),
-            ] {
+            // A network simulator keeps `<network>.db` and uses no bus.
+            let network = args
+                .set
+                .iter()
+                .find_map(|s| s.strip_prefix("app.network="))
+                .map(str::to_owned);
+            let files: Vec<(&str, String)> = match (name, network) {
+                ("van", Some(network)) => vec![("app.database", format!("{network}.db"))],
+                ("van", None) => Vec::new(),
+                _ => vec![
+                    ("app.database", format!("{name}.db")),
+                    ("app.bus", "bus.db".into()),
+                ],
+            };
+            for (key, file) in files {
                 if !args.set.iter().any(|s| s.starts_with(&format!("{key}="))) {
                     args.set
                         .push(format!("{key}=sqlite://{}", dir.join(file).display()));
@@ -370,15 +494,66 @@ fn main() -> ExitCode {
             .await
             .map_err(anyhow::Error::msg),
             Command::Service(svc) => {
+                let rebuild = matches!(&svc, RefService::History(h) if h.rebuild);
                 let (name, args) = svc.args();
                 match name {
+                    "history" if rebuild => ftgo_history::rebuild_command(&args).await.map(|_| ()),
+                    "history" => ftgo_history::run(&args).await,
                     "consumer" => ftgo_consumer::run(&args).await,
                     "restaurant" => ftgo_restaurant::run(&args).await,
                     "kitchen" => ftgo_kitchen::run(&args).await,
                     "accounting" => ftgo_accounting::run(&args).await,
+                    "delivery" => ftgo_delivery::run(&args).await,
+                    "van" => ftgo_van::run(&args).await,
                     _ => ftgo_order::run(&args).await,
                 }
                 .map_err(Into::into)
+            }
+            Command::Load(args) => {
+                let reports = ftgo_load::load::run(args.options(), &args.rates, args.p99_target)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                if reports.iter().all(ftgo_load::Report::clean) {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "some orders failed or did not become terminal"
+                    ))
+                }
+            }
+            Command::Chaos {
+                load,
+                data_dir,
+                kill_every,
+                targets,
+                no_network_faults,
+            } => {
+                let targets = if targets.is_empty() {
+                    ftgo_load::chaos::DEFAULT_TARGETS
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect()
+                } else {
+                    targets
+                };
+                let report = ftgo_load::chaos::run(ftgo_load::ChaosOptions {
+                    load: load.options(),
+                    data_dir,
+                    kill_every,
+                    targets,
+                    network_faults: !no_network_faults,
+                })
+                .await
+                .map_err(anyhow::Error::msg)?;
+                println!("{report}");
+                if report.violations.is_empty() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "{} invariant violations",
+                        report.violations.len()
+                    ))
+                }
             }
             Command::Example(Example::Greeter(args)) => {
                 keel_example_greeter::run(&args).await.map_err(Into::into)

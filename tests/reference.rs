@@ -32,37 +32,52 @@ const DECLINED_CARD: &str = "4000000000000002";
 
 // ---------------------------------------------------------------- the system
 
-/// Ports of one run.
-#[derive(Debug, Clone, Copy)]
+/// Ports of one run: every `127.0.0.1:<port>` of the repository's `keel.toml`, mapped to a
+/// free port.
+#[derive(Debug, Clone)]
 struct Ports {
+    map: std::collections::BTreeMap<u16, u16>,
     registry: u16,
-    consumer: u16,
-    restaurant: u16,
-    order: u16,
-    kitchen: u16,
-    accounting: u16,
     gateway: u16,
 }
 
 impl Ports {
-    fn pick() -> Self {
+    fn pick(topology: &str) -> Self {
+        let mut originals: Vec<u16> = topology
+            .match_indices("127.0.0.1:")
+            .filter_map(|(i, m)| {
+                let rest = &topology[i + m.len()..];
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                rest[..end].parse().ok()
+            })
+            .collect();
+        originals.sort_unstable();
+        originals.dedup();
         loop {
-            let p: Vec<u16> = (0..7).map(|_| free_port()).collect();
+            let p: Vec<u16> = originals.iter().map(|_| free_port()).collect();
             let mut sorted = p.clone();
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.len() == p.len() {
+                let map: std::collections::BTreeMap<u16, u16> =
+                    originals.iter().copied().zip(p).collect();
                 return Self {
-                    registry: p[0],
-                    consumer: p[1],
-                    restaurant: p[2],
-                    order: p[3],
-                    kitchen: p[4],
-                    accounting: p[5],
-                    gateway: p[6],
+                    registry: map[&8761],
+                    gateway: map[&8080],
+                    map,
                 };
             }
         }
+    }
+
+    /// The run's port for the repository's `original`.
+    fn of(&self, original: u16) -> u16 {
+        *self
+            .map
+            .get(&original)
+            .unwrap_or_else(|| panic!("keel.toml has no 127.0.0.1:{original}"))
     }
 }
 
@@ -76,9 +91,9 @@ fn replace(text: &str, from: &str, to: &str, file: &str) -> String {
     text.replace(from, to)
 }
 
-/// The repository's `keel.toml` moved to `ports` and `dir`; the kitchen is not restarted
-/// (the test kills it on purpose).
-fn topology(repo: &Path, dir: &Path, ports: Ports) -> String {
+/// The repository's `keel.toml` moved to `ports` and `dir`; the processes named in
+/// `not_restarted` are not restarted when they die (a test kills them on purpose).
+fn topology(repo: &Path, dir: &Path, ports: &Ports, not_restarted: &[&str]) -> String {
     let service_toml = dir.join("service.toml");
     let gateway_yaml = dir.join("gateway.yaml");
     std::fs::write(
@@ -105,16 +120,15 @@ fn topology(repo: &Path, dir: &Path, ports: Ports) -> String {
     std::fs::write(&gateway_yaml, gw).unwrap();
 
     let mut t = std::fs::read_to_string(repo.join("keel.toml")).unwrap();
-    for (from, to) in [
-        ("127.0.0.1:8761", ports.registry),
-        ("127.0.0.1:8101", ports.consumer),
-        ("127.0.0.1:8102", ports.restaurant),
-        ("127.0.0.1:8103", ports.order),
-        ("127.0.0.1:8104", ports.kitchen),
-        ("127.0.0.1:8105", ports.accounting),
-        ("127.0.0.1:8080", ports.gateway),
-    ] {
-        t = replace(&t, from, &format!("127.0.0.1:{to}"), "keel.toml");
+    // Longest first is not needed: every original is `127.0.0.1:` + exactly its digits and
+    // a closing quote or slash.
+    for (from, to) in &ports.map {
+        for end in ['"', '/'] {
+            t = t.replace(
+                &format!("127.0.0.1:{from}{end}"),
+                &format!("127.0.0.1:{to}{end}"),
+            );
+        }
     }
     t = replace(
         &t,
@@ -128,22 +142,23 @@ fn topology(repo: &Path, dir: &Path, ports: Ports) -> String {
         &format!("{:?}", gateway_yaml.display().to_string()),
         "keel.toml",
     );
-    // The kitchen block: not restarted once killed.
     let blocks: Vec<String> = t
         .split("[[process]]")
         .enumerate()
         .map(|(i, b)| {
-            if i > 0 && b.contains("name = \"kitchen\"") {
-                assert!(!b.contains("restart"), "keel.toml: kitchen sets restart");
+            let named = |n: &&str| b.contains(&format!("name = \"{n}\""));
+            if i > 0 && not_restarted.iter().any(named) {
+                assert!(
+                    !b.contains("restart"),
+                    "keel.toml: a killed process sets restart"
+                );
                 format!("{}\nrestart = \"never\"\n", b.trim_end())
             } else {
                 b.to_owned()
             }
         })
         .collect();
-    let t = blocks.join("[[process]]\n");
-    assert!(t.contains("restart = \"never\""));
-    t
+    blocks.join("[[process]]\n")
 }
 
 /// The built `keel` binary, or another build named by `KEEL_REFERENCE_BIN` (how
@@ -212,9 +227,10 @@ struct System {
 }
 
 impl System {
-    async fn start() -> Self {
+    /// The repository's topology on free ports; `not_restarted` processes stay dead.
+    async fn start(not_restarted: &[&str]) -> Self {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let ports = Ports::pick();
+        let ports = Ports::pick(&std::fs::read_to_string(repo.join("keel.toml")).unwrap());
         let dir = std::env::temp_dir().join(format!(
             "keel-reference-{}-{}",
             std::process::id(),
@@ -223,7 +239,7 @@ impl System {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keel.toml");
-        std::fs::write(&file, topology(repo, &dir, ports)).unwrap();
+        std::fs::write(&file, topology(repo, &dir, &ports, not_restarted)).unwrap();
         let mut cmd = keel_command();
         cmd.current_dir(repo)
             .arg("up")
@@ -232,10 +248,11 @@ impl System {
             .arg("--data-dir")
             .arg(dir.join("data"));
         let up = Proc::spawn(cmd);
+        let gateway = format!("http://127.0.0.1:{}", ports.gateway);
         let mut system = Self {
             up,
             ports,
-            gateway: format!("http://127.0.0.1:{}", ports.gateway),
+            gateway,
             dir,
         };
         // The seed job runs last: "ready" means every service is healthy and seeded.
@@ -267,18 +284,20 @@ impl System {
         format!("{}{path}", self.gateway)
     }
 
-    /// SIGKILLs the kitchen process of this run (the supervisor does not restart it).
-    async fn kill_kitchen(&self) {
-        let needle = format!("127.0.0.1:{}", self.ports.kitchen);
+    /// SIGKILLs the process of this run listening on the repository's `original` port
+    /// whose command line contains `what` (e.g. `service kitchen`).
+    async fn kill(&self, what: &str, original: u16) {
+        let port = self.ports.of(original);
+        let needle = format!("127.0.0.1:{port}");
         let found: Vec<_> = pids_with(std::slice::from_ref(&needle))
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("service kitchen"))
+            .filter(|(_, cmd)| cmd.contains(what))
             .collect();
-        assert_eq!(found.len(), 1, "one kitchen process: {found:?}");
+        assert_eq!(found.len(), 1, "one {what} process: {found:?}");
         signal(found[0].0, nix::sys::signal::Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while support::port_open(self.ports.kitchen) {
-            assert!(Instant::now() < deadline, "the kitchen still listens");
+        while support::port_open(port) {
+            assert!(Instant::now() < deadline, "{what} still listens");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -479,7 +498,7 @@ fn assert_parts(view: &Value, ticket: Option<&str>, payment: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reference_system_end_to_end_through_the_gateway() {
     let started = Instant::now();
-    let sys = System::start().await;
+    let sys = System::start(&["kitchen"]).await;
     eprintln!("system up in {:?}", started.elapsed());
     let http = Client::builder()
         .timeout(Duration::from_secs(10))
@@ -787,12 +806,15 @@ async fn the_reference_system_end_to_end_through_the_gateway() {
         rss_kib as f64 / 1024.0,
         processes.join(", ")
     );
-    assert_eq!(processes.len(), 8, "{processes:?}");
+    // Every process of keel.toml but the finished seed job, and the supervisor.
+    let topology = std::fs::read_to_string(sys.dir.join("keel.toml")).unwrap();
+    let expected = topology.matches("[[process]]").count();
+    assert_eq!(processes.len(), expected, "{processes:?}");
 
     // The composed view without the kitchen: still 200, the ticket null and named
     // unavailable, the other parts intact.
     let survivor = &placed.iter().find(|p| p.1 == "APPROVED").unwrap().0;
-    sys.kill_kitchen().await;
+    sys.kill("service kitchen", 8104).await;
     let (s, view) = get(&http, &sys.url(&format!("/orders/{survivor}"))).await;
     assert_eq!(s, StatusCode::OK, "{view}");
     assert_eq!(view["state"], "APPROVED", "{view}");
@@ -831,4 +853,145 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     })
     .await;
     out.into_iter().map(Option::unwrap).collect()
+}
+
+// ---------------------------------------------------------------- part 2
+
+impl System {
+    /// Starts `keel service <args…>` by hand as `keel up` would (same data directory and
+    /// service file): how a stopped service comes back in these tests.
+    fn start_service(&self, args: &[&str]) -> Proc {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut cmd = keel_command();
+        cmd.current_dir(repo)
+            .env("KEEL_DATA_DIR", self.dir.join("data"))
+            .arg("service")
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("service.toml"));
+        Proc::spawn(cmd)
+    }
+
+    async fn consumer_and_restaurant(&self, http: &Client, tag: &str) -> (String, String) {
+        let consumer = self
+            .create_consumer(
+                http,
+                json!({"name": format!("{tag} eater"), "card": "4242424242424242"}),
+            )
+            .await;
+        let (s, b) = post(
+            http,
+            &self.url("/restaurants"),
+            json!({"name": format!("{tag} kitchen"), "menu": [
+                {"id": "soup", "name": "Soup", "price": "6.00", "stock": 1000}
+            ]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        (consumer, b["restaurantId"].as_str().unwrap().to_owned())
+    }
+
+    /// Places an order and waits for `APPROVED`; returns the order id and its ticket id.
+    async fn approved_order(
+        &self,
+        http: &Client,
+        consumer: &str,
+        restaurant: &str,
+    ) -> (String, String) {
+        let (id, _) = self
+            .place(http, &order(consumer, restaurant, &[("soup", 1)]))
+            .await;
+        let view = self.settled(http, &id).await;
+        assert_eq!(view["state"], "APPROVED", "{view}");
+        let ticket = view["ticket"]["ticketId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a ticket: {view}"))
+            .to_owned();
+        (id, ticket)
+    }
+}
+
+/// Delivery is choreographed on `TicketAccepted`: with the delivery service stopped, orders
+/// are still approved and tickets accepted; started again, it catches up from the bus and
+/// schedules the deliveries with the seeded couriers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivery_catches_up_after_being_down() {
+    let sys = System::start(&["delivery"]).await;
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "catch-up").await;
+    // Up: a delivery follows an accepted ticket.
+    let (first, ticket) = sys.approved_order(&http, &consumer, &restaurant).await;
+    let (s, b) = post(
+        &http,
+        &sys.url(&format!("/tickets/{ticket}/accept")),
+        json!({"readyBy": "2030-01-01T12:30:00Z"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let d = sys
+        .poll(&http, &format!("/deliveries/{first}"), |s, b| {
+            s == StatusCode::OK && b["state"] == "SCHEDULED"
+        })
+        .await;
+    assert!(d["courierId"].is_string(), "{d}");
+
+    // Down: orders are approved and tickets accepted all the same.
+    sys.kill("service delivery", 8106).await;
+    let mut while_down = Vec::new();
+    for _ in 0..3 {
+        let (id, ticket) = sys.approved_order(&http, &consumer, &restaurant).await;
+        let (s, b) = post(
+            &http,
+            &sys.url(&format!("/tickets/{ticket}/accept")),
+            json!({"readyBy": "2030-01-01T13:00:00Z"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        while_down.push(id);
+    }
+    let (s, b) = get(&http, &sys.url(&format!("/deliveries/{}", while_down[0]))).await;
+    assert!(s.is_server_error(), "no delivery service: {s} {b}");
+    // The composed view says the delivery part is unavailable, and still answers.
+    let view = sys.settled(&http, &while_down[0]).await;
+    assert!(
+        view["unavailable"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|p| p == "delivery")),
+        "{view}"
+    );
+
+    // Up again: it catches up from the bus.
+    let port = sys.ports.of(8106).to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut again = sys.start_service(&["delivery", "--listen", &listen]);
+    for id in &while_down {
+        let d = sys
+            .poll(&http, &format!("/deliveries/{id}"), |s, b| {
+                s == StatusCode::OK && b["state"] == "SCHEDULED"
+            })
+            .await;
+        assert_eq!(d["pickupTime"], "2030-01-01T13:00:00Z", "{d}");
+        assert!(d["courierId"].is_string(), "{d}");
+    }
+    // The first one was not scheduled twice.
+    let (_, d) = get(&http, &sys.url(&format!("/deliveries/{first}"))).await;
+    assert_eq!(d["state"], "SCHEDULED", "{d}");
+    // Cancelling an order cancels its delivery.
+    let (s, b) = post(
+        &http,
+        &sys.url(&format!("/orders/{}/cancel", while_down[2])),
+        json!({}),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {b}");
+    sys.poll(&http, &format!("/deliveries/{}", while_down[2]), |s, b| {
+        s == StatusCode::OK && b["state"] == "CANCELLED"
+    })
+    .await;
+    again.term();
+    again.wait_exit(Duration::from_secs(20)).await;
+    sys.stop().await;
 }

@@ -1,4 +1,7 @@
-//! Accounting's HTTP API: the payment of an order, the account of a consumer.
+//! Accounting's HTTP API: the payment of an order, the account of a consumer, the payment
+//! networks' failover state.
+
+use std::sync::Arc;
 
 use keel_chassis::{
     ApiResult, Problem,
@@ -11,16 +14,32 @@ use keel_chassis::{
 };
 use keel_store::Store;
 
-use crate::ledger::{self, AccountView, PaymentView};
+use crate::{
+    authorizer::Authorizer,
+    ledger::{self, AccountView, PaymentView},
+    payments::PaymentNetworks,
+};
 
 /// Accounting's routes.
-pub(crate) fn router(store: Store) -> Router {
+pub(crate) fn router(store: Store, authorizer: Arc<dyn Authorizer>) -> Router {
     Router::new()
         .route("/payments/{order_id}", get(get_payment))
         .route("/accounts/{consumer_id}", get(get_account))
+        .route(
+            "/payment-networks",
+            get(move || payment_networks(authorizer.clone())),
+        )
         .route("/openapi.json", get(crate::openapi::document))
         .merge(keel_chassis::openapi::ui())
         .with_state(store)
+}
+
+async fn payment_networks(authorizer: Arc<dyn Authorizer>) -> Json<PaymentNetworks> {
+    Json(authorizer.networks().unwrap_or_else(|| PaymentNetworks {
+        selection: crate::authorizer::CARD_RULE_NETWORK.to_owned(),
+        preferred: None,
+        networks: Vec::new(),
+    }))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {

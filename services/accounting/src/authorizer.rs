@@ -1,10 +1,13 @@
-//! The payment decision, behind a small trait: today the card rule of the reference system
-//! ([`CardRule`]); later, payment networks with breaker-driven failover.
+//! The payment decision, behind a small trait: the card rule of the reference system
+//! ([`CardRule`]), or payment networks with breaker-driven failover
+//! ([`NetworkAuthorizer`](crate::payments::NetworkAuthorizer)).
 //!
-//! The decision is made inside the command's transaction: an [`Authorizer`] must not apply
-//! anything of its own twice for one order — accounting asks it at most once per approved
-//! order (a repeated `AuthorizeCard` is answered from the stored authorization), but it may
-//! ask again after a decline or an error.
+//! The decision is made *before* the command's transaction begins (so an authorizer may
+//! write to accounting's database, as the network authorizer's attempt journal does), and
+//! its result is recorded in that transaction. An [`Authorizer`] must not apply anything of
+//! its own twice for one order: accounting stops asking once an order is authorized (a
+//! repeated `AuthorizeCard` is answered from the stored authorization), but it may ask again
+//! after a decline, an error, or a crash before the decision was recorded.
 
 use std::fmt::Debug;
 
@@ -33,13 +36,38 @@ pub struct ReversalRequest {
     pub order_id: String,
     /// The amount authorized.
     pub amount: Money,
+    /// Where it was approved ([`Approval`] as recorded).
+    pub approval: Approval,
+}
+
+/// Where an approval is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The payment network that approved (`card-rule` for the card rule).
+    pub network: String,
+    /// The network's own authorization id, to cancel it with (`None`: nothing is held
+    /// anywhere, as with the card rule).
+    pub reference: Option<String>,
+}
+
+/// The `network` of approvals made by the card rule.
+pub const CARD_RULE_NETWORK: &str = "card-rule";
+
+impl Approval {
+    /// An approval that holds nothing anywhere (the card rule, a test authorizer).
+    pub fn local() -> Self {
+        Self {
+            network: CARD_RULE_NETWORK.to_owned(),
+            reference: None,
+        }
+    }
 }
 
 /// The outcome of a payment decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The amount is authorized on the card.
-    Approved,
+    /// The amount is authorized on the card, held where [`Approval`] says.
+    Approved(Approval),
     /// Declined, with a reason such as `CARD_DECLINED` (shown in the payment view and in the
     /// `PaymentDeclined` reply).
     Declined {
@@ -71,6 +99,12 @@ pub trait Authorizer: Send + Sync + Debug + 'static {
         let _ = request;
         Box::pin(async { Ok(()) })
     }
+
+    /// The payment networks behind this authorizer and their failover state, for
+    /// `GET /payment-networks`. `None` (the default): no networks, a local rule.
+    fn networks(&self) -> Option<crate::payments::PaymentNetworks> {
+        None
+    }
 }
 
 /// Decline reason: the card is the always-declined test card.
@@ -100,7 +134,7 @@ impl CardRule {
         } else if card == ftgo_contracts::DECLINED_CARD {
             declined(CARD_DECLINED)
         } else {
-            Decision::Approved
+            Decision::Approved(Approval::local())
         }
     }
 }
@@ -120,8 +154,14 @@ mod tests {
 
     #[test]
     fn the_card_rule() {
-        assert_eq!(CardRule::decide("4111111111111111"), Decision::Approved);
-        assert_eq!(CardRule::decide("5555555555554444"), Decision::Approved);
+        assert_eq!(
+            CardRule::decide("4111111111111111"),
+            Decision::Approved(Approval::local())
+        );
+        assert_eq!(
+            CardRule::decide("5555555555554444"),
+            Decision::Approved(Approval::local())
+        );
         for (card, reason) in [
             (ftgo_contracts::DECLINED_CARD, CARD_DECLINED),
             ("", NO_CARD),

@@ -6,10 +6,11 @@ use serde::Serialize;
 use sqlx::{Any, Executor};
 
 /// The accounting service's tables.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "accounts and authorizations",
-    "CREATE TABLE accounts (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "accounts and authorizations",
+        "CREATE TABLE accounts (
         consumer_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         card TEXT NOT NULL,
@@ -26,7 +27,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
         created_at {bigint} NOT NULL,
         updated_at {bigint} NOT NULL
     )",
-)];
+    ),
+    Migration::new(
+        2,
+        "payment networks: where an authorization is held, and the attempt journal",
+        "ALTER TABLE authorizations ADD COLUMN network TEXT;
+    ALTER TABLE authorizations ADD COLUMN network_authorization_id TEXT;
+    CREATE TABLE payment_attempts (
+        order_id TEXT NOT NULL,
+        seq {bigint} NOT NULL,
+        network TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        network_authorization_id TEXT,
+        reason TEXT,
+        created_at {bigint} NOT NULL,
+        updated_at {bigint} NOT NULL,
+        PRIMARY KEY (order_id, seq)
+    )",
+    ),
+];
 
 /// An authorization's state (the API's strings).
 pub(crate) mod state {
@@ -84,6 +104,10 @@ pub(crate) struct Payment {
     pub(crate) state: String,
     /// Why it was declined.
     pub(crate) reason: Option<String>,
+    /// The payment network that approved it (`card-rule` for the card rule).
+    pub(crate) network: Option<String>,
+    /// The network's authorization id (`None` when nothing is held at a network).
+    pub(crate) network_authorization_id: Option<String>,
 }
 
 /// A payment in the HTTP API.
@@ -98,11 +122,19 @@ pub(crate) struct PaymentView {
     card_last4: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// Shown when the authorization is held at a payment network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_authorization_id: Option<String>,
 }
 
 impl From<Payment> for PaymentView {
     fn from(p: Payment) -> Self {
+        let held = p.network_authorization_id.is_some();
         Self {
+            network: p.network.filter(|_| held),
+            network_authorization_id: p.network_authorization_id,
             order_id: p.order_id,
             authorization_id: p.authorization_id,
             consumer_id: p.consumer_id,
@@ -159,6 +191,8 @@ type Row = (
     Option<String>,
     String,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
 /// The payment of order `order_id`.
@@ -167,8 +201,8 @@ pub(crate) async fn payment<'e>(
     order_id: &str,
 ) -> Result<Option<Payment>, sqlx::Error> {
     Ok(sqlx::query_as::<_, Row>(
-        "SELECT order_id, authorization_id, consumer_id, amount, card_last4, state, reason \
-         FROM authorizations WHERE order_id = $1",
+        "SELECT order_id, authorization_id, consumer_id, amount, card_last4, state, reason, \
+         network, network_authorization_id FROM authorizations WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(ex)
@@ -181,6 +215,8 @@ pub(crate) async fn payment<'e>(
         card_last4: r.4,
         state: r.5,
         reason: r.6,
+        network: r.7,
+        network_authorization_id: r.8,
     }))
 }
 
@@ -193,10 +229,12 @@ pub(crate) async fn record<'e>(
     let now = now_ms();
     let done = sqlx::query(
         "INSERT INTO authorizations (order_id, authorization_id, consumer_id, amount, card_last4, \
-         state, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         state, reason, network, network_authorization_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $8, $8) \
          ON CONFLICT (order_id) DO UPDATE SET authorization_id = excluded.authorization_id, \
          consumer_id = excluded.consumer_id, amount = excluded.amount, \
          card_last4 = excluded.card_last4, state = excluded.state, reason = excluded.reason, \
+         network = excluded.network, network_authorization_id = excluded.network_authorization_id, \
          updated_at = excluded.updated_at WHERE authorizations.state = 'DECLINED'",
     )
     .bind(&p.order_id)
@@ -207,6 +245,8 @@ pub(crate) async fn record<'e>(
     .bind(&p.state)
     .bind(p.reason.as_deref())
     .bind(now)
+    .bind(p.network.as_deref())
+    .bind(p.network_authorization_id.as_deref())
     .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)

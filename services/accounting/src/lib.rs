@@ -1,7 +1,9 @@
 //! Accounting: the reference system's accounts (opened from `ConsumerCreated` on
 //! `consumer.events`) and card authorizations — the pivot of the create-order saga and the
 //! reversal of the cancel-order saga (`accounting.commands`), with the payment decision
-//! behind the [`Authorizer`] trait.
+//! behind the [`Authorizer`] trait: the card rule, or payment networks with breaker-driven
+//! failover ([`NetworkAuthorizer`], configured under `[app.payments]`). Payment events go
+//! to `accounting.events`.
 //!
 //! Run it with `keel service accounting`, or embed it: [`app`] builds the HTTP routes and
 //! the background work (outbox relay, command and event consumers) from an
@@ -13,20 +15,23 @@ mod commands;
 mod events;
 mod ledger;
 mod openapi;
+pub mod payments;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
-use keel_discovery::RegistrationConfig;
+use keel_discovery::{DiscoveryConfig, RegistrationConfig};
 use keel_messaging::{BusError, Inbox, Subscription};
 use keel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use authorizer::{
-    AuthorizationRequest, Authorizer, AuthorizerError, CardRule, Decision, ReversalRequest,
+    Approval, AuthorizationRequest, Authorizer, AuthorizerError, CardRule, Decision,
+    ReversalRequest,
 };
+pub use payments::{NetworkAuthorizer, PaymentNetworks, PaymentsConfig};
 
 /// The service's name: registry id, consumer group, `lb://accounting`.
 pub const SERVICE: &str = ftgo_contracts::services::ACCOUNTING;
@@ -46,6 +51,8 @@ pub struct AccountingConfig {
     /// Register with a Keel (or Eureka) registry when set (`[app.registration]`), under
     /// `accounting` unless `service` says otherwise.
     pub registration: Option<RegistrationConfig>,
+    /// The payment networks to authorize through (`[app.payments]`); none: the card rule.
+    pub payments: PaymentsConfig,
 }
 
 impl Default for AccountingConfig {
@@ -55,6 +62,7 @@ impl Default for AccountingConfig {
             bus: ftgo_runtime::DEFAULT_BUS.to_owned(),
             account_wait_ms: 2_000,
             registration: None,
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -65,6 +73,9 @@ impl Validate for AccountingConfig {
         if self.account_wait_ms > 60_000 {
             return Err(Invalid::new("account_wait_ms", "must be at most 60000"));
         }
+        self.payments
+            .validate()
+            .map_err(|(field, why)| Invalid::new(format!("payments.{field}"), why))?;
         Ok(())
     }
 }
@@ -78,11 +89,14 @@ pub enum StartError {
     /// The bus could not be opened or subscribed to.
     #[error("message bus: {0}")]
     Bus(#[from] BusError),
+    /// The payment networks are misconfigured.
+    #[error(transparent)]
+    Payments(#[from] payments::BuildError),
 }
 
 /// Accounting ready to serve: its routes, its database and its background work.
 pub struct App {
-    /// The HTTP API: `/payments/…`, `/accounts/…` and `/openapi.json`.
+    /// The HTTP API: `/payments/…`, `/accounts/…`, `/payment-networks` and `/openapi.json`.
     pub router: Router,
     /// Accounting's database (health checks, tests).
     pub store: Store,
@@ -118,18 +132,44 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
     .await
 }
 
-/// [`app_with`] the reference system's [`CardRule`].
+/// [`app_with`] the authorizer `config` asks for: a [`NetworkAuthorizer`] over
+/// `payments.networks`, or the reference system's [`CardRule`] when none are configured.
 pub async fn app(config: &AccountingConfig, stop: CancellationToken) -> Result<App, StartError> {
-    app_with(config, Arc::new(CardRule), stop).await
+    build(config, None, stop).await
 }
 
 /// Opens the database (migrating it) and the bus, subscribes to `accounting.commands` and
 /// `consumer.events` (group `accounting`) and builds the routes; payments are decided by
-/// `authorizer`. The consumers run from now on; `background` relays the outbox and stops
-/// them once `stop` is cancelled.
+/// `authorizer` (`payments` in `config` is then not used). The consumers run from now on;
+/// `background` relays the outbox and stops them once `stop` is cancelled.
 pub async fn app_with(
     config: &AccountingConfig,
     authorizer: Arc<dyn Authorizer>,
+    stop: CancellationToken,
+) -> Result<App, StartError> {
+    build(config, Some(authorizer), stop).await
+}
+
+/// Where networks without a fixed URL are discovered: `payments.discovery`, else the
+/// registry accounting registers with, else the default local registry.
+fn discovery_config(config: &AccountingConfig) -> DiscoveryConfig {
+    if let Some(d) = &config.payments.discovery {
+        return d.clone();
+    }
+    let mut d = DiscoveryConfig::default();
+    if let Some(r) = config
+        .registration
+        .as_ref()
+        .filter(|r| !r.registry.is_empty())
+    {
+        d.registry = r.registry.clone();
+    }
+    d
+}
+
+async fn build(
+    config: &AccountingConfig,
+    authorizer: Option<Arc<dyn Authorizer>>,
     stop: CancellationToken,
 ) -> Result<App, StartError> {
     let ftgo_runtime::Plumbing {
@@ -145,10 +185,21 @@ pub async fn app_with(
         &stop,
     )
     .await?;
+    let authorizer: Arc<dyn Authorizer> = match authorizer {
+        Some(a) => a,
+        None if config.payments.networks.is_empty() => Arc::new(CardRule),
+        None => Arc::new(NetworkAuthorizer::new(
+            &config.payments,
+            store.clone(),
+            discovery_config(config),
+        )?),
+    };
     let ctx = Arc::new(commands::Ctx {
         store: store.clone(),
-        authorizer,
+        outbox: outbox.clone(),
+        authorizer: authorizer.clone(),
         account_wait_ms: i64::try_from(config.account_wait_ms).unwrap_or(i64::MAX),
+        decided: std::sync::Mutex::default(),
     });
     // Enough redeliveries (100 ms doubling to 1 s) to outlast the wait for an account.
     let attempts = 10 + u32::try_from(config.account_wait_ms / 1000).unwrap_or(60);
@@ -157,11 +208,7 @@ pub async fn app_with(
             Subscription::new(ftgo_contracts::destinations::ACCOUNTING_COMMANDS, SERVICE)
                 .max_attempts(attempts)
                 .backoff(Duration::from_millis(100), Duration::from_secs(1)),
-            commands::handler(
-                Inbox::new(store.clone(), "accounting.commands").await?,
-                outbox.clone(),
-                ctx,
-            ),
+            commands::handler(Inbox::new(store.clone(), "accounting.commands").await?, ctx),
         )
         .await?;
     let consumer_events = Inbox::new(store.clone(), "accounting.consumer-events")
@@ -180,7 +227,7 @@ pub async fn app_with(
         let _ = tokio::join!(consume, relay);
     });
     Ok(App {
-        router: api::router(store.clone()),
+        router: api::router(store.clone(), authorizer),
         store,
         background,
     })
@@ -216,6 +263,16 @@ mod tests {
                     ..AccountingConfig::default()
                 },
                 "account_wait_ms",
+            ),
+            (
+                AccountingConfig {
+                    payments: PaymentsConfig {
+                        networks: vec!["van-a".to_owned(), String::new()],
+                        ..PaymentsConfig::default()
+                    },
+                    ..AccountingConfig::default()
+                },
+                "payments.networks[1]",
             ),
         ] {
             assert_eq!(bad.validate().unwrap_err().field, field);

@@ -17,7 +17,7 @@ pub(crate) fn openapi() -> Value {
         "info": {
             "title": "Accounting",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The reference system's accounting: accounts opened from ConsumerCreated (consumer.events), card authorizations made and reversed by the order sagas (accounting.commands). Card 4000000000000002 is always declined. Errors are application/problem+json."
+            "description": "The reference system's accounting: accounts opened from ConsumerCreated (consumer.events), card authorizations made and reversed by the order sagas (accounting.commands), through payment networks with breaker-driven failover when configured. Card 4000000000000002 is always declined. Errors are application/problem+json."
         },
         "paths": {
             "/payments/{orderId}": {
@@ -34,6 +34,19 @@ pub(crate) fn openapi() -> Value {
                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Payment" } } }
                         },
                         "404": problem("No payment was attempted for the order")
+                    }
+                }
+            },
+            "/payment-networks": {
+                "get": {
+                    "summary": "The payment networks and their failover state",
+                    "description": "Each network's circuit breaker (CLOSED, OPEN, HALF_OPEN), its recent calls and failures, its fee, and which network authorizations go to first now. With no networks configured: selection card-rule and an empty list.",
+                    "operationId": "getPaymentNetworks",
+                    "responses": {
+                        "200": {
+                            "description": "The networks",
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PaymentNetworks" } } }
+                        }
                     }
                 }
             },
@@ -70,7 +83,34 @@ pub(crate) fn openapi() -> Value {
                         "reason": {
                             "type": "string",
                             "description": "Why it was declined (DECLINED only): CARD_DECLINED, NO_CARD, INVALID_CARD or NO_ACCOUNT."
-                        }
+                        },
+                        "network": { "type": "string", "description": "The payment network holding the authorization (absent for the card rule)." },
+                        "networkAuthorizationId": { "type": "string", "description": "The network's authorization id (absent for the card rule)." }
+                    }
+                },
+                "PaymentNetworks": {
+                    "type": "object",
+                    "required": ["selection", "preferred", "networks"],
+                    "properties": {
+                        "selection": { "type": "string", "enum": ["ordered", "fee_weighted", "card-rule"] },
+                        "preferred": { "type": "string", "nullable": true, "description": "Where the next authorization goes first; null when no network is available." },
+                        "networks": { "type": "array", "items": { "$ref": "#/components/schemas/PaymentNetwork" } }
+                    }
+                },
+                "PaymentNetwork": {
+                    "type": "object",
+                    "required": ["name", "breaker", "failureRate", "recentCalls", "recentFailures", "notPermittedCalls", "preferred"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "url": { "type": "string", "nullable": true },
+                        "breaker": { "type": "string", "enum": ["CLOSED", "OPEN", "HALF_OPEN", "DISABLED", "FORCED_OPEN", "METRICS_ONLY"] },
+                        "failureRate": { "type": "number", "description": "Percent of the breaker's window; -1 while it holds too few calls." },
+                        "recentCalls": { "type": "integer" },
+                        "recentFailures": { "type": "integer" },
+                        "notPermittedCalls": { "type": "integer" },
+                        "feeBps": { "type": "integer", "nullable": true },
+                        "preferred": { "type": "boolean" },
+                        "lastError": { "type": "string", "nullable": true }
                     }
                 },
                 "Account": {

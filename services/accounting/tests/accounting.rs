@@ -11,8 +11,8 @@ use std::{
 };
 
 use ftgo_accounting::{
-    AccountingConfig, AuthorizationRequest, Authorizer, AuthorizerError, CardRule, Decision,
-    ReversalRequest,
+    AccountingConfig, Approval, AuthorizationRequest, Authorizer, AuthorizerError, CardRule,
+    Decision, ReversalRequest,
 };
 use ftgo_contracts::{
     DECLINED_CARD, Money,
@@ -53,7 +53,7 @@ impl Accounting {
             database: dir.sqlite_url("accounting.db"),
             bus: dir.sqlite_url("bus.db"),
             account_wait_ms,
-            registration: None,
+            ..AccountingConfig::default()
         };
         let mut config = KeelConfig::<AccountingConfig>::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -511,7 +511,7 @@ impl Authorizer for Limit {
                     reason: "OVER_LIMIT".to_owned(),
                 }
             } else {
-                Decision::Approved
+                Decision::Approved(Approval::local())
             })
         })
     }
@@ -558,9 +558,22 @@ async fn serves_its_openapi_document() {
     let (status, doc) = a.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
-    for path in ["/payments/{orderId}", "/accounts/{consumerId}"] {
+    for path in [
+        "/payments/{orderId}",
+        "/accounts/{consumerId}",
+        "/payment-networks",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path}");
     }
+    // No networks configured: the card rule decides.
+    let (status, n) = a.get("/payment-networks").await;
+    assert_eq!(
+        (status, n),
+        (
+            200,
+            json!({"selection": "card-rule", "preferred": null, "networks": []})
+        )
+    );
     let (status, p) = a.get("/payments").await;
     assert_eq!(status, 404);
     assert_eq!(p["status"], 404);

@@ -33,6 +33,8 @@ pub mod destinations {
     pub const KITCHEN_EVENTS: &str = "kitchen.events";
     /// Events of the accounting service.
     pub const ACCOUNTING_EVENTS: &str = "accounting.events";
+    /// Events of the delivery service.
+    pub const DELIVERY_EVENTS: &str = "delivery.events";
 }
 
 /// Service names (registry ids, consumer groups, `lb://` names).
@@ -47,6 +49,10 @@ pub mod services {
     pub const KITCHEN: &str = "kitchen";
     /// accounting
     pub const ACCOUNTING: &str = "accounting";
+    /// delivery
+    pub const DELIVERY: &str = "delivery";
+    /// order history (the CQRS view)
+    pub const ORDER_HISTORY: &str = "order-history";
 }
 
 /// One line of an order.
@@ -227,9 +233,11 @@ pub mod events {
         pub stock: u32,
     }
 
-    /// order.events: the create-order saga approved the order.
+    /// order.events: the create-order saga approved the order. Payload: [`OrderDetails`]
+    /// (the order service sends it as [`Versioned`]`<OrderDetails>`).
     pub const ORDER_APPROVED: &str = "OrderApproved";
-    /// order.events: the cancel-order saga cancelled an approved order.
+    /// order.events: the cancel-order saga cancelled an approved order. Payload:
+    /// [`OrderDetails`] (sent as [`Versioned`]`<OrderDetails>`).
     pub const ORDER_CANCELLED: &str = "OrderCancelled";
     /// Payload of [`ORDER_APPROVED`] and [`ORDER_CANCELLED`].
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +254,72 @@ pub mod events {
         /// Total.
         pub order_total: Money,
     }
-    /// order.events: the order was rejected.
+    /// order.events: an order was placed (`APPROVAL_PENDING`, version 1), published in the
+    /// transaction that creates it.
+    pub const ORDER_CREATED: &str = "OrderCreated";
+    /// Payload of [`ORDER_CREATED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct OrderCreated {
+        /// The order.
+        pub order_id: String,
+        /// Who ordered.
+        pub consumer_id: String,
+        /// From where.
+        pub restaurant_id: String,
+        /// What, priced from the order service's menu replica.
+        pub line_items: Vec<LineItem>,
+        /// Total.
+        pub order_total: Money,
+        /// Where to deliver, when the order says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub delivery_address: Option<String>,
+        /// When to deliver, when the order says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub delivery_time: Option<String>,
+        /// The order's version after this event (1). See [`Versioned`].
+        #[serde(default)]
+        pub version: u64,
+    }
+
+    /// An order event's payload `T` with the order's `version` after the event, as one flat
+    /// JSON object (`{"orderId": …, …, "version": 3}`). Every state change of an order
+    /// increases its version by one, starting at 1 for [`ORDER_CREATED`]; the consistency
+    /// token of an order command is `<orderId>:<version>`. Events published before versions
+    /// existed read as version 0. Readers that only know `T` ignore the extra field.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Versioned<T> {
+        /// The event.
+        #[serde(flatten)]
+        pub event: T,
+        /// The order's version after the event (0: not known).
+        #[serde(default)]
+        pub version: u64,
+    }
+
+    /// order.events: a cancellation of an approved order began (`APPROVED` →
+    /// `CANCEL_PENDING`). Payload: [`OrderCancellation`].
+    pub const ORDER_CANCELLATION_STARTED: &str = "OrderCancellationStarted";
+    /// order.events: a cancellation failed and the order is `APPROVED` again (e.g. the
+    /// kitchen could no longer cancel its ticket). Payload: [`OrderCancellation`] with the
+    /// participant's failure as `reason`.
+    pub const ORDER_CANCELLATION_FAILED: &str = "OrderCancellationFailed";
+    /// Payload of [`ORDER_CANCELLATION_STARTED`] and [`ORDER_CANCELLATION_FAILED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct OrderCancellation {
+        /// The order.
+        pub order_id: String,
+        /// Why a cancellation failed (the failure reply's type, e.g. `TicketNotCancellable`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+        /// The order's version after this event.
+        #[serde(default)]
+        pub version: u64,
+    }
+
+    /// order.events: the order was rejected. Payload: [`OrderRejected`] (sent as
+    /// [`Versioned`]`<OrderRejected>`).
     pub const ORDER_REJECTED: &str = "OrderRejected";
     /// Payload of [`ORDER_REJECTED`].
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +351,105 @@ pub mod events {
     }
 }
 
+/// Payment events of accounting (`accounting.events`; partition key = the order id).
+pub mod payment_events {
+    use super::*;
+
+    /// accounting.events: an order's payment was authorized.
+    pub const PAYMENT_AUTHORIZED: &str = "PaymentAuthorized";
+    /// Payload of [`PAYMENT_AUTHORIZED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PaymentAuthorized {
+        /// The order paid for.
+        pub order_id: String,
+        /// Who pays.
+        pub consumer_id: String,
+        /// Accounting's authorization id.
+        pub authorization_id: String,
+        /// How much.
+        pub amount: Money,
+        /// The payment network that authorized it (`card-rule` when no network is
+        /// configured).
+        pub network: String,
+    }
+    /// accounting.events: an order's payment was declined.
+    pub const PAYMENT_DECLINED: &str = "PaymentDeclined";
+    /// Payload of [`PAYMENT_DECLINED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PaymentDeclined {
+        /// The order.
+        pub order_id: String,
+        /// Who would have paid.
+        pub consumer_id: String,
+        /// Why (`CARD_DECLINED`, `NO_CARD`, …).
+        pub reason: String,
+    }
+    /// accounting.events: an authorization was reversed (the order was cancelled).
+    pub const PAYMENT_REVERSED: &str = "PaymentReversed";
+    /// Payload of [`PAYMENT_REVERSED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PaymentReversed {
+        /// The order.
+        pub order_id: String,
+        /// The authorization reversed.
+        pub authorization_id: String,
+        /// How much was released.
+        pub amount: Money,
+    }
+}
+
+/// Delivery events (`delivery.events`; partition key = the order id).
+pub mod delivery_events {
+    use super::*;
+
+    /// delivery.events: a delivery was scheduled for an accepted ticket.
+    pub const DELIVERY_SCHEDULED: &str = "DeliveryScheduled";
+    /// Payload of [`DELIVERY_SCHEDULED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct DeliveryScheduled {
+        /// The order delivered.
+        pub order_id: String,
+        /// The restaurant to pick it up from.
+        pub restaurant_id: String,
+        /// When to pick it up (RFC 3339, UTC): the ticket's `readyBy`.
+        pub pickup_time: String,
+    }
+    /// delivery.events: a courier was assigned to a delivery.
+    pub const COURIER_ASSIGNED: &str = "CourierAssigned";
+    /// Payload of [`COURIER_ASSIGNED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct CourierAssigned {
+        /// The order delivered.
+        pub order_id: String,
+        /// The courier.
+        pub courier_id: String,
+    }
+    /// delivery.events: a delivery was cancelled (its order was cancelled).
+    pub const DELIVERY_CANCELLED: &str = "DeliveryCancelled";
+    /// Payload of [`DELIVERY_CANCELLED`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct DeliveryCancelled {
+        /// The order.
+        pub order_id: String,
+    }
+}
+
+/// Delivery states (the public API's strings).
+pub mod delivery_states {
+    /// Scheduled; no courier was available yet.
+    pub const PENDING: &str = "PENDING";
+    /// A courier is assigned.
+    pub const SCHEDULED: &str = "SCHEDULED";
+    /// Cancelled with its order.
+    pub const CANCELLED: &str = "CANCELLED";
+}
+
 /// Order states (the public API's strings).
 pub mod order_states {
     /// Created; the create-order saga runs (a semantic lock).
@@ -306,3 +478,34 @@ pub mod rejection {
 
 /// The test card that is always declined (the common test-card convention).
 pub const DECLINED_CARD: &str = "4000000000000002";
+
+#[cfg(test)]
+mod tests {
+    use super::events::{OrderDetails, OrderRejected, Versioned};
+    use super::*;
+
+    #[test]
+    fn versioned_events_are_flat_and_readable_by_old_and_new_readers() {
+        let e = Versioned {
+            event: OrderRejected {
+                order_id: "o-1".to_owned(),
+                reason: rejection::PAYMENT_DECLINED.to_owned(),
+            },
+            version: 2,
+        };
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"orderId": "o-1", "reason": "PAYMENT_DECLINED", "version": 2})
+        );
+        // A reader of the plain payload ignores the version …
+        let plain: OrderRejected = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(plain, e.event);
+        // … and an event from before versions reads as version 0.
+        let old = serde_json::json!({"orderId": "o-1", "consumerId": "c", "restaurantId": "r",
+            "lineItems": [], "orderTotal": "1.00"});
+        let v: Versioned<OrderDetails> = serde_json::from_value(old).unwrap();
+        assert_eq!(v.version, 0);
+        assert_eq!(v.event.order_total, Money(100));
+    }
+}

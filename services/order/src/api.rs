@@ -3,28 +3,34 @@
 
 use std::sync::Arc;
 
-use ftgo_contracts::{LineItem, Money, order_states};
+use ftgo_contracts::{
+    LineItem, Money,
+    events::{self, OrderCancellation, OrderCreated},
+    order_states,
+};
 use keel_chassis::{
     ApiResult, Problem,
     axum::{
         Json, Router,
         extract::{Path, State},
-        http::{StatusCode, header},
+        http::{HeaderName, StatusCode, header},
         routing::{get, post},
     },
 };
+use keel_messaging::Outbox;
 use keel_saga::Orchestrator;
 use keel_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     db,
-    sagas::{CancelOrderData, CreateOrderData},
+    sagas::{self, CancelOrderData, CreateOrderData},
 };
 use keel_chassis::json::{LenientJsonBody, invalid_field};
 
 pub(crate) struct AppState {
     pub(crate) store: Store,
+    pub(crate) outbox: Outbox,
     pub(crate) create: Orchestrator<CreateOrderData>,
     pub(crate) cancel: Orchestrator<CancelOrderData>,
 }
@@ -67,6 +73,15 @@ struct NewLineItem {
     quantity: i64,
 }
 
+/// The response header carrying a command's consistency token.
+pub(crate) const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("keel-consistency-token");
+
+/// The consistency token of an order command: the position of its (last) event,
+/// `<orderId>:<version>`. A read model given it can tell whether it has caught up.
+fn consistency_token(order_id: &str, version: u64) -> String {
+    format!("{order_id}:{version}")
+}
+
 /// `201` and `202` bodies.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,6 +90,9 @@ struct Accepted {
     state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     rejection_reason: Option<String>,
+    /// `<orderId>:<version>` of the command's last event (also the
+    /// `Keel-Consistency-Token` header).
+    consistency_token: String,
 }
 
 /// An order as the API shows it.
@@ -97,6 +115,7 @@ struct OrderView {
     delivery_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     delivery_time: Option<String>,
+    version: u64,
 }
 
 impl From<db::Order> for OrderView {
@@ -113,6 +132,7 @@ impl From<db::Order> for OrderView {
             authorization_id: o.authorization_id,
             delivery_address: o.delivery_address,
             delivery_time: o.delivery_time,
+            version: o.version,
         }
     }
 }
@@ -201,14 +221,14 @@ fn validate(req: NewOrder) -> Result<Valid, BadField> {
     })
 }
 
-/// `POST /orders`: the order (APPROVAL_PENDING, priced from the replica) and its
-/// create-order saga commit together.
+/// `POST /orders`: the order (APPROVAL_PENDING, priced from the replica), its
+/// `OrderCreated` event and its create-order saga commit together.
 async fn create_order(
     State(state): State<Arc<AppState>>,
     LenientJsonBody(req): LenientJsonBody<NewOrder>,
 ) -> ApiResult<(
     StatusCode,
-    [(header::HeaderName, String); 1],
+    [(header::HeaderName, String); 2],
     Json<Accepted>,
 )> {
     let req = validate(req)?;
@@ -261,10 +281,30 @@ async fn create_order(
         delivery_time: req.delivery_time,
         ticket_id: None,
         authorization_id: None,
+        version: 1,
     };
     db::insert_order(&mut tx, &order)
         .await
         .map_err(store_failed)?;
+    let created = OrderCreated {
+        order_id: order.id.clone(),
+        consumer_id: order.consumer_id.clone(),
+        restaurant_id: order.restaurant_id.clone(),
+        line_items: order.line_items.clone(),
+        order_total: order.order_total,
+        delivery_address: order.delivery_address.clone(),
+        delivery_time: order.delivery_time.clone(),
+        version: order.version,
+    };
+    sagas::publish(
+        &mut tx,
+        &state.outbox,
+        events::ORDER_CREATED,
+        &order.id,
+        &created,
+    )
+    .await
+    .map_err(store_failed)?;
     let data = CreateOrderData {
         order_id: order.id.clone(),
         consumer_id: order.consumer_id.clone(),
@@ -289,14 +329,19 @@ async fn create_order(
         .map_err(store_failed)?
         .ok_or_else(|| store_failed("the new order vanished"))?;
     tx.commit().await.map_err(store_failed)?;
-    tracing::info!(order_id = %order.id, %saga_id, state = %now.state, total = %order.order_total, "order placed");
+    tracing::info!(order_id = %order.id, %saga_id, state = %now.state, total = %order.order_total, version = now.version, "order placed");
+    let token = consistency_token(&order.id, now.version);
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, format!("/orders/{}", order.id))],
+        [
+            (header::LOCATION, format!("/orders/{}", order.id)),
+            (CONSISTENCY_TOKEN, token.clone()),
+        ],
         Json(Accepted {
             order_id: order.id,
             state: now.state,
             rejection_reason: now.rejection_reason,
+            consistency_token: token,
         }),
     ))
 }
@@ -317,12 +362,17 @@ async fn get_order(
         .ok_or_else(|| no_order(&id))
 }
 
-/// `POST /orders/{id}/cancel`: APPROVED → CANCEL_PENDING and the cancel-order saga, in one
-/// transaction; any other state is a 409 (the `*_PENDING` states are semantic locks).
+/// `POST /orders/{id}/cancel`: APPROVED → CANCEL_PENDING, its `OrderCancellationStarted`
+/// event and the cancel-order saga, in one transaction; any other state is a 409 (the
+/// `*_PENDING` states are semantic locks).
 async fn cancel_order(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Accepted>)> {
+) -> ApiResult<(
+    StatusCode,
+    [(header::HeaderName, String); 1],
+    Json<Accepted>,
+)> {
     let mut tx = state.store.begin().await.map_err(store_failed)?;
     let moved = db::transition(
         &mut tx,
@@ -356,6 +406,21 @@ async fn cancel_order(
                 .with_extension("state", order.state),
         );
     }
+    let started = OrderCancellation {
+        order_id: order.id.clone(),
+        reason: None,
+        version: order.version,
+    };
+    sagas::publish(
+        &mut tx,
+        &state.outbox,
+        events::ORDER_CANCELLATION_STARTED,
+        &order.id,
+        &started,
+    )
+    .await
+    .map_err(store_failed)?;
+    let token = consistency_token(&order.id, order.version);
     let data = CancelOrderData {
         order_id: order.id.clone(),
         consumer_id: order.consumer_id,
@@ -373,10 +438,12 @@ async fn cancel_order(
     tracing::info!(order_id = %id, %saga_id, "order cancellation started");
     Ok((
         StatusCode::ACCEPTED,
+        [(CONSISTENCY_TOKEN, token.clone())],
         Json(Accepted {
             order_id: id,
             state: order_states::CANCEL_PENDING.to_owned(),
             rejection_reason: None,
+            consistency_token: token,
         }),
     ))
 }

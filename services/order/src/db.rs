@@ -9,10 +9,11 @@ use keel_store::{Migration, Tx, now_ms, sqlx};
 use sqlx::Row;
 
 /// The order service's migrations (component `order`).
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "orders and the restaurant replica",
-    "CREATE TABLE orders (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "orders and the restaurant replica",
+        "CREATE TABLE orders (
         id TEXT PRIMARY KEY,
         consumer_id TEXT NOT NULL,
         restaurant_id TEXT NOT NULL,
@@ -40,7 +41,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
         stock {bigint},
         PRIMARY KEY (restaurant_id, id)
     );",
-)];
+    ),
+    Migration::new(
+        2,
+        "order versions",
+        // Every state change increases an order's version; its events carry it and the
+        // consistency tokens name it. Existing orders get the version their state implies.
+        "ALTER TABLE orders ADD COLUMN version {bigint} NOT NULL DEFAULT 1;
+    UPDATE orders SET version = CASE state
+        WHEN 'APPROVAL_PENDING' THEN 1
+        WHEN 'APPROVED' THEN 2
+        WHEN 'REJECTED' THEN 2
+        WHEN 'CANCEL_PENDING' THEN 3
+        ELSE 4 END;",
+    ),
+];
 
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +71,8 @@ pub(crate) struct Order {
     pub(crate) delivery_time: Option<String>,
     pub(crate) ticket_id: Option<String>,
     pub(crate) authorization_id: Option<String>,
+    /// 1 when created; one more after every state change.
+    pub(crate) version: u64,
 }
 
 /// A menu item of the replica.
@@ -76,8 +93,8 @@ pub(crate) async fn insert_order(tx: &mut Tx, o: &Order) -> Result<(), sqlx::Err
     let items = serde_json::to_string(&o.line_items).map_err(data_error)?;
     sqlx::query(
         "INSERT INTO orders (id, consumer_id, restaurant_id, state, rejection_reason, order_total, \
-         line_items, delivery_address, delivery_time, ticket_id, authorization_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         line_items, delivery_address, delivery_time, ticket_id, authorization_id, created_at, updated_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&o.id)
     .bind(&o.consumer_id)
@@ -92,6 +109,7 @@ pub(crate) async fn insert_order(tx: &mut Tx, o: &Order) -> Result<(), sqlx::Err
     .bind(o.authorization_id.clone())
     .bind(now)
     .bind(now)
+    .bind(i64::try_from(o.version).map_err(data_error)?)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -104,7 +122,7 @@ where
 {
     let row = sqlx::query(
         "SELECT id, consumer_id, restaurant_id, state, rejection_reason, order_total, line_items, \
-         delivery_address, delivery_time, ticket_id, authorization_id FROM orders WHERE id = $1",
+         delivery_address, delivery_time, ticket_id, authorization_id, version FROM orders WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -123,7 +141,18 @@ where
         delivery_time: row.try_get("delivery_time")?,
         ticket_id: row.try_get("ticket_id")?,
         authorization_id: row.try_get("authorization_id")?,
+        version: u64::try_from(row.try_get::<i64, _>("version")?).map_err(data_error)?,
     }))
+}
+
+/// The version of order `id` (0 when unknown), read in the caller's transaction: right
+/// after a state change it is the version that change's event carries.
+pub(crate) async fn version_of(tx: &mut Tx, id: &str) -> Result<u64, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(row.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
 }
 
 /// Moves the order from `from` to `to`; false when it was not in `from` (or is unknown).
@@ -135,7 +164,7 @@ pub(crate) async fn transition(
     to: &str,
 ) -> Result<bool, sqlx::Error> {
     let n =
-        sqlx::query("UPDATE orders SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+        sqlx::query("UPDATE orders SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND state = $4")
             .bind(to)
             .bind(now_ms())
             .bind(id)
@@ -154,7 +183,8 @@ pub(crate) async fn reject(
     ticket_id: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
-        "UPDATE orders SET state = 'REJECTED', rejection_reason = $1, ticket_id = $2, updated_at = $3 \
+        "UPDATE orders SET state = 'REJECTED', rejection_reason = $1, ticket_id = $2, updated_at = $3, \
+         version = version + 1 \
          WHERE id = $4 AND state = 'APPROVAL_PENDING'",
     )
     .bind(reason)
@@ -176,7 +206,8 @@ pub(crate) async fn approve(
     authorization_id: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
-        "UPDATE orders SET state = 'APPROVED', ticket_id = $1, authorization_id = $2, updated_at = $3 \
+        "UPDATE orders SET state = 'APPROVED', ticket_id = $1, authorization_id = $2, updated_at = $3, \
+         version = version + 1 \
          WHERE id = $4 AND state = 'APPROVAL_PENDING'",
     )
     .bind(ticket_id.map(str::to_owned))

@@ -168,6 +168,7 @@ pub async fn app(config: &OrderConfig, stop: CancellationToken) -> Result<App, S
     ];
     let router = api::router(Arc::new(api::AppState {
         store: store.clone(),
+        outbox: outbox.clone(),
         create: create_order.clone(),
         cancel: cancel_order.clone(),
     }));

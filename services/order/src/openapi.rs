@@ -30,8 +30,11 @@ pub(crate) fn document() -> Value {
                     },
                     "responses": {
                         "201": {
-                            "description": "Created. `Location: /orders/{orderId}`.",
-                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "description": "Created. `Location: /orders/{orderId}`; `Keel-Consistency-Token: <orderId>:<version>` (as in the body).",
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}},
+                                "Keel-Consistency-Token": {"$ref": "#/components/headers/ConsistencyToken"}
+                            },
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrderAccepted"}}}
                         },
                         "400": problem_response("Malformed JSON, or a field that parsed but is not acceptable (empty id, no line items, quantity below 1, blank delivery field); `field` names it."),
@@ -64,7 +67,8 @@ pub(crate) fn document() -> Value {
                     "parameters": [{"$ref": "#/components/parameters/OrderId"}],
                     "responses": {
                         "202": {
-                            "description": "Cancellation started.",
+                            "description": "Cancellation started. `Keel-Consistency-Token: <orderId>:<version>` (as in the body).",
+                            "headers": {"Keel-Consistency-Token": {"$ref": "#/components/headers/ConsistencyToken"}},
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrderAccepted"}}}
                         },
                         "404": problem_response("No such order."),
@@ -110,6 +114,9 @@ pub(crate) fn document() -> Value {
             "parameters": {
                 "OrderId": {"name": "orderId", "in": "path", "required": true, "schema": {"type": "string"}}
             },
+            "headers": {
+                "ConsistencyToken": {"description": "`<orderId>:<version>`: the position of the command's last event on order.events.", "schema": {"type": "string"}}
+            },
             "schemas": {
                 "Money": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$", "example": "12.50", "description": "A decimal amount with two decimals."},
                 "OrderState": {"type": "string", "enum": ["APPROVAL_PENDING", "APPROVED", "REJECTED", "CANCEL_PENDING", "CANCELLED"]},
@@ -140,11 +147,12 @@ pub(crate) fn document() -> Value {
                 },
                 "OrderAccepted": {
                     "type": "object",
-                    "required": ["orderId", "state"],
+                    "required": ["orderId", "state", "consistencyToken"],
                     "properties": {
                         "orderId": {"type": "string"},
                         "state": {"$ref": "#/components/schemas/OrderState"},
-                        "rejectionReason": {"$ref": "#/components/schemas/RejectionReason"}
+                        "rejectionReason": {"$ref": "#/components/schemas/RejectionReason"},
+                        "consistencyToken": {"type": "string", "example": "0190c0ffee0000000000000000000001:1", "description": "The position of the command's last event, `<orderId>:<version>`. Give it to the order-history view (`?consistencyToken=` or the `Keel-Consistency-Token` header) to read your own write."}
                     }
                 },
                 "LineItem": {
@@ -168,6 +176,7 @@ pub(crate) fn document() -> Value {
                         "lineItems": {"type": "array", "items": {"$ref": "#/components/schemas/LineItem"}},
                         "consumerId": {"type": "string"},
                         "restaurantId": {"type": "string"},
+                        "version": {"type": "integer", "minimum": 1, "description": "1 when placed; one more after every state change (each change's event on order.events carries it)."},
                         "ticketId": {"type": "string", "description": "The kitchen ticket (once the order is approved, or rejected after the ticket was created — that ticket is cancelled)."},
                         "authorizationId": {"type": "string", "description": "The payment authorization, once approved."},
                         "deliveryAddress": {"type": "string"},

@@ -6,7 +6,8 @@
 //! ticket` (compensation `CancelCreateTicket`) → `authorize card` (pivot) → `confirm ticket`
 //! (retriable) → `approve order` (local, retriable: APPROVED and `OrderApproved`).
 //!
-//! Cancel-order: `begin cancel` (local; compensation: back to APPROVED) → `begin cancel
+//! Cancel-order: `begin cancel` (local; compensation: back to APPROVED and
+//! `OrderCancellationFailed`) → `begin cancel
 //! ticket` (compensation `UndoBeginCancelTicket`) → `reverse authorization` (pivot) →
 //! `confirm cancel ticket` (retriable) → `cancel order` (local, retriable: CANCELLED and
 //! `OrderCancelled`).
@@ -17,6 +18,10 @@
 //! still apply a command nobody waits for — an authorization above all — so the order
 //! keeps its semantic lock (`*_PENDING`) until the outcome is known. Every *answer* ends
 //! the order in a terminal state: a failure reply compensates the completed steps.
+//!
+//! Every state change increases the order's version, and its event carries the new
+//! version ([`Versioned`]); `POST /orders` publishes `OrderCreated` (version 1) and
+//! `POST /orders/{id}/cancel` `OrderCancellationStarted` in their own transactions.
 
 use std::time::Duration;
 
@@ -24,7 +29,7 @@ use ftgo_contracts::{
     LineItem, Money, SCHEMA_VERSION,
     commands::{self, AuthorizeCard, Authorized, CreateTicket, OrderRef, TicketCreated},
     destinations,
-    events::{self, OrderDetails, OrderRejected},
+    events::{self, OrderCancellation, OrderDetails, OrderRejected, Versioned},
     order_states, rejection,
 };
 use keel_messaging::{Message, Outbox};
@@ -112,7 +117,7 @@ fn db_err(e: sqlx::Error) -> String {
     format!("database: {e}")
 }
 
-async fn publish<T: Serialize>(
+pub(crate) async fn publish<T: Serialize>(
     tx: &mut Tx,
     outbox: &Outbox,
     event_type: &str,
@@ -197,9 +202,12 @@ pub(crate) fn create_order(outbox: &Outbox) -> SagaDefinition<CreateOrderData> {
                     {
                         return Err("order is no longer APPROVAL_PENDING".to_owned());
                     }
-                    let event = OrderRejected {
-                        order_id: d.order_id.clone(),
-                        reason: reason.clone(),
+                    let event = Versioned {
+                        event: OrderRejected {
+                            order_id: d.order_id.clone(),
+                            reason: reason.clone(),
+                        },
+                        version: db::version_of(tx, &d.order_id).await.map_err(db_err)?,
                     };
                     publish(tx, &outbox, events::ORDER_REJECTED, &d.order_id, &event).await?;
                     d.rejection = Some(reason);
@@ -326,12 +334,15 @@ pub(crate) fn create_order(outbox: &Outbox) -> SagaDefinition<CreateOrderData> {
                     {
                         return Err("order is no longer APPROVAL_PENDING".to_owned());
                     }
-                    let event = OrderDetails {
-                        order_id: d.order_id.clone(),
-                        consumer_id: d.consumer_id.clone(),
-                        restaurant_id: d.restaurant_id.clone(),
-                        line_items: d.line_items.clone(),
-                        order_total: d.order_total,
+                    let event = Versioned {
+                        event: OrderDetails {
+                            order_id: d.order_id.clone(),
+                            consumer_id: d.consumer_id.clone(),
+                            restaurant_id: d.restaurant_id.clone(),
+                            line_items: d.line_items.clone(),
+                            order_total: d.order_total,
+                        },
+                        version: db::version_of(tx, &d.order_id).await.map_err(db_err)?,
                     };
                     publish(tx, &outbox, events::ORDER_APPROVED, &d.order_id, &event).await
                 })
@@ -344,6 +355,7 @@ pub(crate) fn create_order(outbox: &Outbox) -> SagaDefinition<CreateOrderData> {
 /// the order to CANCEL_PENDING in the transaction that starts it.
 pub(crate) fn cancel_order(outbox: &Outbox) -> SagaDefinition<CancelOrderData> {
     let cancel_outbox = outbox.clone();
+    let restore_outbox = outbox.clone();
     SagaDefinition::new(CANCEL_ORDER)
         .step(
             Step::local("begin cancel", |tx, d: &mut CancelOrderData| {
@@ -358,9 +370,10 @@ pub(crate) fn cancel_order(outbox: &Outbox) -> SagaDefinition<CancelOrderData> {
                     }
                 })
             })
-            .compensate_locally(|tx, d: &mut CancelOrderData| {
+            .compensate_locally(move |tx, d: &mut CancelOrderData| {
+                let outbox = restore_outbox.clone();
                 Box::pin(async move {
-                    if db::transition(
+                    if !db::transition(
                         tx,
                         &d.order_id,
                         order_states::CANCEL_PENDING,
@@ -369,10 +382,21 @@ pub(crate) fn cancel_order(outbox: &Outbox) -> SagaDefinition<CancelOrderData> {
                     .await
                     .map_err(db_err)?
                     {
-                        Ok(())
-                    } else {
-                        Err("order is no longer CANCEL_PENDING".to_owned())
+                        return Err("order is no longer CANCEL_PENDING".to_owned());
                     }
+                    let event = OrderCancellation {
+                        order_id: d.order_id.clone(),
+                        reason: d.failure.clone(),
+                        version: db::version_of(tx, &d.order_id).await.map_err(db_err)?,
+                    };
+                    publish(
+                        tx,
+                        &outbox,
+                        events::ORDER_CANCELLATION_FAILED,
+                        &d.order_id,
+                        &event,
+                    )
+                    .await
                 })
             }),
         )
@@ -434,12 +458,15 @@ pub(crate) fn cancel_order(outbox: &Outbox) -> SagaDefinition<CancelOrderData> {
                     {
                         return Err("order is no longer CANCEL_PENDING".to_owned());
                     }
-                    let event = OrderDetails {
-                        order_id: d.order_id.clone(),
-                        consumer_id: d.consumer_id.clone(),
-                        restaurant_id: d.restaurant_id.clone(),
-                        line_items: d.line_items.clone(),
-                        order_total: d.order_total,
+                    let event = Versioned {
+                        event: OrderDetails {
+                            order_id: d.order_id.clone(),
+                            consumer_id: d.consumer_id.clone(),
+                            restaurant_id: d.restaurant_id.clone(),
+                            line_items: d.line_items.clone(),
+                            order_total: d.order_total,
+                        },
+                        version: db::version_of(tx, &d.order_id).await.map_err(db_err)?,
                     };
                     publish(tx, &outbox, events::ORDER_CANCELLED, &d.order_id, &event).await
                 })

@@ -3,6 +3,7 @@
 //! accounting participants (keel-saga's `command_handler`, each on its own database)
 //! answering per the contracts: the approved path, every rejection reason with its
 //! compensations, cancellation (approved, refused by the kitchen, while pending), the
+//! events with their order versions and the commands' consistency tokens, the
 //! restaurant replica (duplicates applied once, stale stock ignored), bad input.
 
 use std::{
@@ -665,8 +666,81 @@ async fn a_valid_order_is_approved_with_ticket_and_authorization_and_announced()
     assert_eq!(saga["data"]["ticketId"], format!("t-{id}"));
     // Only the approval: no rejection event.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The creation and the approval, each with the order's version after it.
     let types: Vec<String> = w.events_of(&id).into_iter().map(|(t, _)| t).collect();
-    assert_eq!(types, vec![events::ORDER_APPROVED]);
+    assert_eq!(types, vec![events::ORDER_CREATED, events::ORDER_APPROVED]);
+    let c: events::OrderCreated = w
+        .wait_event(&id, events::ORDER_CREATED)
+        .await
+        .payload_as()
+        .unwrap();
+    assert_eq!((c.version, c.order_total), (1, Money(3350)));
+    assert_eq!(c.delivery_address.as_deref(), Some("1 Main St"));
+    let a: events::Versioned<OrderDetails> = m.payload_as().unwrap();
+    assert_eq!(a.version, 2);
+    assert_eq!(o["version"], 2);
+}
+
+#[tokio::test]
+async fn commands_answer_with_the_consistency_token_of_their_event() {
+    let w = world("tokens").await;
+    let lines = json!([{"menuItemId": "pizza", "quantity": 1}]);
+    let resp = w
+        .http
+        .post(format!("{}/orders", w.base))
+        .json(&json!({"consumerId": "gina", "restaurantId": PIZZERIA, "lineItems": lines}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let header = resp.headers()["keel-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = resp.json().await.unwrap();
+    let id = body["orderId"].as_str().unwrap().to_owned();
+    assert_eq!(body["consistencyToken"], format!("{id}:1"));
+    assert_eq!(header, format!("{id}:1"));
+    assert_eq!(
+        w.settled(&id, "APPROVAL_PENDING").await["state"],
+        "APPROVED"
+    );
+
+    let resp = w
+        .http
+        .post(format!("{}/orders/{id}/cancel", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(
+        resp.headers()["keel-consistency-token"],
+        format!("{id}:3").as_str()
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["consistencyToken"], format!("{id}:3"));
+    // The token names the event the command published: OrderCancellationStarted, version 3.
+    let m = w.wait_event(&id, events::ORDER_CANCELLATION_STARTED).await;
+    let e: events::OrderCancellation = m.payload_as().unwrap();
+    assert_eq!((e.version, e.reason), (3, None));
+    assert_eq!(w.settled(&id, "CANCEL_PENDING").await["version"], 4);
+    let c: events::Versioned<OrderDetails> = w
+        .wait_event(&id, events::ORDER_CANCELLED)
+        .await
+        .payload_as()
+        .unwrap();
+    assert_eq!(c.version, 4);
+
+    // An order rejected in the request's own transaction: the token is the rejection's.
+    let (r, created) = w.place("gina", PIZZERIA, &[("sushi", 1)]).await;
+    assert_eq!(created["state"], "REJECTED");
+    assert_eq!(created["consistencyToken"], format!("{r}:2"));
+    let rejected: events::Versioned<events::OrderRejected> = w
+        .wait_event(&r, events::ORDER_REJECTED)
+        .await
+        .payload_as()
+        .unwrap();
+    assert_eq!(rejected.version, 2);
 }
 
 // ---------------------------------------------------------------- rejections
@@ -799,7 +873,10 @@ async fn cancelling_an_approved_order_reverses_the_payment_and_cancels_the_ticke
 
     let (status, body) = w.post(&format!("/orders/{id}/cancel"), json!({})).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(body, json!({"orderId": id, "state": "CANCEL_PENDING"}));
+    assert_eq!(
+        body,
+        json!({"orderId": id, "state": "CANCEL_PENDING", "consistencyToken": format!("{id}:3")})
+    );
     let o = w.settled(&id, "CANCEL_PENDING").await;
     assert_eq!(o["state"], "CANCELLED", "{o}");
     assert_eq!(w.authorization(&id).await, Some(("REVERSED".into(), 1000)));
@@ -905,6 +982,12 @@ async fn a_ticket_that_can_no_longer_be_cancelled_leaves_the_order_approved() {
         World::commands(&w.accounting, &id).await,
         vec!["AuthorizeCard"]
     );
+    // The failed cancellation is announced with the order's new version.
+    let m = w.wait_event(&id, events::ORDER_CANCELLATION_FAILED).await;
+    let e: events::OrderCancellation = m.payload_as().unwrap();
+    assert_eq!(e.version, 4);
+    assert_eq!(e.reason.as_deref(), Some("TicketNotCancellable"));
+    assert_eq!(o["version"], 4);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         w.events_of(&id)
@@ -953,7 +1036,8 @@ async fn sagas_resume_after_the_order_service_restarts() {
     );
     w.wait_event(&id, events::ORDER_APPROVED).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(w.events_of(&id).len(), 1);
+    // OrderCreated and OrderApproved, each once.
+    assert_eq!(w.events_of(&id).len(), 2);
 }
 
 // ---------------------------------------------------------------- the replica

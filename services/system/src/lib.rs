@@ -1,6 +1,7 @@
 //! Reference system: seeds demo data through the gateway on first start (a few consumers
-//! and restaurants), remembers it in the data directory so a second start keeps it, and
-//! prints copy-paste `curl` commands that place an order and read it back.
+//! and restaurants, and couriers made available for deliveries), remembers it in the data
+//! directory so a second start keeps it, and prints copy-paste `curl` commands that place
+//! an order and read it back.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,6 +18,10 @@ pub struct Seeded {
     pub consumers: Vec<(String, String)>,
     /// Restaurant ids, by name.
     pub restaurants: Vec<(String, String)>,
+    /// Couriers made available (ids). Empty in a seed file written before couriers were
+    /// seeded: the next start makes them available and adds them.
+    #[serde(default)]
+    pub couriers: Vec<String>,
 }
 
 fn seed_file(data_dir: &Path) -> PathBuf {
@@ -45,6 +50,9 @@ const CONSUMERS: &[(&str, &str, &str)] = &[
     ("Declined Dave", "500.00", "4000000000000002"),
 ];
 
+/// The demo couriers (ids), made available for deliveries.
+const COURIERS: &[&str] = &["courier-1", "courier-2", "courier-3"];
+
 fn restaurants() -> Vec<Value> {
     vec![
         json!({"name": "Ajanta", "menu": [
@@ -59,31 +67,62 @@ fn restaurants() -> Vec<Value> {
     ]
 }
 
-/// Waits until the gateway routes to every service (consumer and restaurant answer).
+/// Waits until the gateway routes each of `probes` (paths of unknown ids) to its service.
 async fn wait_routable(
     http: &reqwest::Client,
     gateway: &str,
+    probes: &[&str],
     within: Duration,
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let a = http.get(format!("{gateway}/consumers/none")).send().await;
-        let b = http.get(format!("{gateway}/restaurants/none")).send().await;
-        // 404 from the service itself (problem+json naming the id) means it is routed.
-        let routed = |r: &Result<reqwest::Response, reqwest::Error>| {
-            r.as_ref()
-                .is_ok_and(|r| r.status() == reqwest::StatusCode::NOT_FOUND)
-        };
-        if routed(&a) && routed(&b) {
+        let mut routed = true;
+        for probe in probes {
+            let r = http.get(format!("{gateway}{probe}")).send().await;
+            // 404 from the service itself (problem+json naming the id) means it is routed.
+            routed &= r.is_ok_and(|r| r.status() == reqwest::StatusCode::NOT_FOUND);
+        }
+        if routed {
             return Ok(());
         }
         if start.elapsed() > within {
             return Err(format!(
-                "the gateway at {gateway} does not route to the services yet"
+                "the gateway at {gateway} does not route {} yet",
+                probes.join(", ")
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Makes the demo couriers available (`POST /couriers/{id}/availability`, idempotent).
+async fn seed_couriers(http: &reqwest::Client, gateway: &str) -> Result<Vec<String>, String> {
+    let mut ids = Vec::new();
+    for id in COURIERS {
+        post(
+            http,
+            &format!("{gateway}/couriers/{id}/availability"),
+            json!({"available": true}),
+        )
+        .await?;
+        ids.push((*id).to_owned());
+    }
+    Ok(ids)
+}
+
+fn save(file: &Path, seeded: &Seeded) -> Result<(), String> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let text = serde_json::to_string_pretty(seeded).map_err(|e| e.to_string())?;
+    std::fs::write(file, text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Seeds demo data through `gateway` unless `data_dir` says it was done; returns what is
@@ -91,18 +130,29 @@ async fn wait_routable(
 pub async fn seed(gateway: &str, data_dir: &Path) -> Result<Seeded, String> {
     let file = seed_file(data_dir);
     if let Ok(text) = std::fs::read_to_string(&file)
-        && let Ok(s) = serde_json::from_str::<Seeded>(&text)
+        && let Ok(mut s) = serde_json::from_str::<Seeded>(&text)
     {
+        if s.couriers.is_empty() {
+            // Seeded before couriers were: add them now.
+            let http = client()?;
+            wait_routable(&http, gateway, &["/couriers/none"], Duration::from_secs(60)).await?;
+            s.couriers = seed_couriers(&http, gateway).await?;
+            save(&file, &s)?;
+        }
         return Ok(s);
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())?;
-    wait_routable(&http, gateway, Duration::from_secs(60)).await?;
+    let http = client()?;
+    wait_routable(
+        &http,
+        gateway,
+        &["/consumers/none", "/restaurants/none", "/couriers/none"],
+        Duration::from_secs(60),
+    )
+    .await?;
     let mut seeded = Seeded {
         consumers: Vec::new(),
         restaurants: Vec::new(),
+        couriers: Vec::new(),
     };
     for (name, limit, card) in CONSUMERS {
         let v = post(
@@ -123,9 +173,8 @@ pub async fn seed(gateway: &str, data_dir: &Path) -> Result<Seeded, String> {
             .to_owned();
         seeded.restaurants.push((name, id));
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
-    let text = serde_json::to_string_pretty(&seeded).map_err(|e| e.to_string())?;
-    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    seeded.couriers = seed_couriers(&http, gateway).await?;
+    save(&file, &seeded)?;
     Ok(seeded)
 }
 
@@ -151,6 +200,7 @@ mod tests {
         let s = Seeded {
             consumers: vec![("Ada".into(), "c1".into())],
             restaurants: vec![("Ajanta".into(), "r1".into())],
+            couriers: vec!["courier-1".into()],
         };
         let c = try_commands("http://127.0.0.1:8080", &s);
         assert!(
@@ -169,6 +219,7 @@ mod tests {
         let s = Seeded {
             consumers: vec![("Ada".into(), "c1".into())],
             restaurants: vec![],
+            couriers: vec!["courier-1".into()],
         };
         std::fs::write(seed_file(&dir), serde_json::to_string(&s).unwrap()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -179,5 +230,13 @@ mod tests {
         let got = rt.block_on(seed("http://127.0.0.1:1", &dir)).unwrap();
         assert_eq!(got, s);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_seed_file_from_before_couriers_still_reads() {
+        let old = r#"{"consumers": [["Ada", "c1"]], "restaurants": [["Ajanta", "r1"]]}"#;
+        let s: Seeded = serde_json::from_str(old).unwrap();
+        assert!(s.couriers.is_empty());
+        assert_eq!(s.restaurants, vec![("Ajanta".to_owned(), "r1".to_owned())]);
     }
 }
