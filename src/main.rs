@@ -285,8 +285,9 @@ enum RefService {
 
 #[derive(Debug, clap::Args)]
 struct HistoryArgs {
-    /// Wipe the view and replay every retained event into it, then exit (the service need
-    /// not run; a running one keeps serving the old view until it restarts).
+    /// Wipe the view and start a new generation of its consumer groups, then exit: the
+    /// service replays every retained event when it next starts (a running one shows the
+    /// emptied view at once). Uses the same database as `keel service history` would.
     #[arg(long)]
     rebuild: bool,
     #[command(flatten)]

@@ -211,7 +211,22 @@ impl Member {
         }
     }
 
+    /// The group's position in `partition` (created at 0 the first time: a write only then).
     async fn offset(&self, partition: u32) -> Result<(i64, u32, i64), BusError> {
+        let read = || async {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT committed, attempts, retry_at FROM bus_offsets WHERE destination = $1 AND grp = $2 AND partition = $3",
+            )
+            .bind(&self.sub.destination)
+            .bind(&self.sub.group)
+            .bind(i64::from(partition))
+            .fetch_optional(self.bus.store.pool())
+            .await
+            .map_err(|e| unavailable(e.into()))
+        };
+        if let Some(row) = read().await? {
+            return Ok((row.0, row.1.max(0) as u32, row.2));
+        }
         self.bus.store.write(sqlx::query(
             "INSERT INTO bus_offsets (destination, grp, partition, committed, attempts, retry_at) \
              VALUES ($1, $2, $3, 0, 0, 0) ON CONFLICT (destination, grp, partition) DO NOTHING",
@@ -303,22 +318,38 @@ impl Member {
         metrics::counter!("keel_messaging_dead_lettered_total", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
             .increment(1);
         tracing::warn!(destination = %self.sub.destination, group = %self.sub.group, message_id = %message.id, attempts, error = %error, "message dead-lettered");
-        self.bus.waker.wake(&dl.destination).await;
+        self.bus
+            .waker
+            .wake(
+                &dl.destination,
+                &[dl.partition(self.bus.settings.partitions)],
+            )
+            .await;
         Ok(())
     }
 
     async fn partition(self, partition: u32, stop: CancellationToken) {
-        let mut wake = self.bus.waker.subscribe(&self.sub.destination);
+        let mut wake = self.bus.waker.subscribe(&self.sub.destination, partition);
         let poll = self.bus.settings.poll;
+        // The position as last saved by this owner: read once, then kept here, so an idle
+        // partition (woken by every publish to its destination, and by the poll) only reads.
+        // Read again after any error; a lost lease shows when saving.
+        let mut known: Option<(i64, u32, i64)> = None;
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let (mut committed, mut attempts, retry_at) = match self.offset(partition).await {
-                Ok(o) => o,
-                Err(_) => {
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(poll) => continue }
-                }
+            let (mut committed, mut attempts, retry_at) = match known {
+                Some(k) => k,
+                None => match self.offset(partition).await {
+                    Ok(o) => {
+                        known = Some(o);
+                        o
+                    }
+                    Err(_) => {
+                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(poll) => continue }
+                    }
+                },
             };
             let wait = retry_at - now_ms();
             if wait > 0 {
@@ -341,6 +372,7 @@ impl Member {
             let rows = match rows {
                 Ok(r) => r,
                 Err(_) => {
+                    known = None;
                     tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(poll) => continue }
                 }
             };
@@ -423,12 +455,12 @@ impl Member {
                 }
             }
             match self.save(partition, committed, attempts, retry_at).await {
-                Ok(true) => {}
+                Ok(true) => known = Some((committed, attempts, retry_at)),
                 Ok(false) => {
                     tracing::info!(destination = %self.sub.destination, partition, "lost the partition's lease; stopping");
                     return;
                 }
-                Err(_) => {}
+                Err(_) => known = None,
             }
         }
     }

@@ -172,7 +172,14 @@ impl SqliteBus {
         for d in dests {
             metrics::counter!("keel_messaging_published_total", "destination" => d.to_owned(), "backend" => "sqlite")
                 .increment(messages.iter().filter(|m| m.destination == d).count() as u64);
-            self.waker.wake(d).await;
+            let mut parts: Vec<u32> = messages
+                .iter()
+                .filter(|m| m.destination == d)
+                .map(|m| m.partition(self.settings.partitions))
+                .collect();
+            parts.sort_unstable();
+            parts.dedup();
+            self.waker.wake(d, &parts).await;
         }
         Ok(())
     }

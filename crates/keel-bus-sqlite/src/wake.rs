@@ -1,7 +1,8 @@
 //! Wake-ups: after a commit, the publisher pokes every consumer of the destination so it
 //! reads at once. In the same process through a watch channel; in other processes through
-//! a UDP datagram (the destination's name) to the port each process registered in the bus
-//! file. A lost datagram costs at most the safety-net poll.
+//! a UDP datagram (`destination#partitions`, so only partitions with new messages wake) to
+//! the port each process registered in the bus file. A lost datagram costs at most the
+//! safety-net poll.
 
 use std::{
     collections::HashMap,
@@ -82,7 +83,7 @@ impl Waker {
         let weak = Arc::downgrade(&self.inner);
         let stop = self.inner.stop.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 512];
+            let mut buf = [0u8; 8192];
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let res = tokio::select! {
@@ -90,8 +91,13 @@ impl Waker {
                     r = inner.socket.recv(&mut buf) => r,
                 };
                 if let Ok(n) = res {
-                    let dest = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    Waker { inner }.wake_local(&dest);
+                    // `destination#p1,p2,…`: the partitions that received messages.
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let (dest, parts) = text.split_once('#').unwrap_or((&text, ""));
+                    let w = Waker { inner };
+                    for p in parts.split(',').filter_map(|p| p.parse::<u32>().ok()) {
+                        w.wake_local(dest, p);
+                    }
                 }
             }
         });
@@ -124,31 +130,37 @@ impl Waker {
         self.inner.stop.clone()
     }
 
-    /// Subscribes to wake-ups for `destination`.
-    pub(crate) fn subscribe(&self, destination: &str) -> watch::Receiver<u64> {
+    /// Subscribes to wake-ups for one partition of `destination`.
+    pub(crate) fn subscribe(&self, destination: &str, partition: u32) -> watch::Receiver<u64> {
         let mut m = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(destination.to_owned())
+        m.entry(format!("{destination}#{partition}"))
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
 
-    fn wake_local(&self, destination: &str) {
+    fn wake_local(&self, destination: &str, partition: u32) {
         let m = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = m.get(destination) {
+        if let Some(tx) = m.get(&format!("{destination}#{partition}")) {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
-    /// Wakes every consumer of `destination`, here and in other processes.
-    pub(crate) async fn wake(&self, destination: &str) {
-        self.wake_local(destination);
+    /// Wakes the consumers of these partitions of `destination`, here and in other
+    /// processes (one datagram per process; only the partitions named wake, so an idle
+    /// partition costs nothing when its neighbours are busy).
+    pub(crate) async fn wake(&self, destination: &str, partitions: &[u32]) {
+        for p in partitions {
+            self.wake_local(destination, *p);
+        }
+        let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+        let datagram = format!("{destination}#{}", list.join(","));
         let peers = self.peers().await;
         for port in peers {
             if port != self.inner.port {
                 let _ = self
                     .inner
                     .socket
-                    .send_to(destination.as_bytes(), ("127.0.0.1", port))
+                    .send_to(datagram.as_bytes(), ("127.0.0.1", port))
                     .await;
             }
         }

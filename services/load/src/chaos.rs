@@ -282,7 +282,9 @@ async fn fault_loop(
                 format!("{network}: 60% errors"),
             ),
             1 => {
-                let latency = rand::rng().random_range(1500..3000);
+                // Above accounting's default 2 s timeout: outcomes become unknown and must
+                // be voided before another network is tried.
+                let latency = rand::rng().random_range(2500..4000);
                 (
                     json!({"errorRate": 0.0, "latencyMs": latency}),
                     format!("{network}: {latency} ms latency"),

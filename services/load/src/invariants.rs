@@ -258,6 +258,7 @@ async fn check_stock(
         .filter(|f| f.state == "APPROVED")
         .map(|f| f.bowls)
         .sum();
+    let sold = sold + fixture.warm_up_units;
     let want = start.saturating_sub(sold);
     let r = systems
         .get(

@@ -113,6 +113,8 @@ pub struct Fixture {
     pub stocked_item: (String, u64),
     /// Its unlimited item's id.
     pub unlimited_item: String,
+    /// Units of the stocked item taken by the approved warm-up order (not in any report).
+    pub warm_up_units: u64,
 }
 
 /// The stock the run's restaurant starts with.
@@ -157,14 +159,16 @@ pub async fn prepare(systems: &Systems, consumers: usize) -> Result<Fixture, Str
         .await?,
         "restaurantId",
     )?;
-    let fixture = Fixture {
+    let mut fixture = Fixture {
         consumers: ids,
         declined,
         restaurant,
         stocked_item: ("bowl".into(), STARTING_STOCK),
         unlimited_item: "tea".into(),
+        warm_up_units: 0,
     };
     warm_up(systems, &fixture).await?;
+    fixture.warm_up_units = 1;
     Ok(fixture)
 }
 
