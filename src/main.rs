@@ -356,6 +356,10 @@ fn main() -> ExitCode {
             b.worker_threads((*n).max(1));
             b
         }
+        // A reference service is one of a dozen processes sharing the machine: one thread
+        // each (SQLite's own worker threads aside) spares them the work-stealing wake-ups,
+        // which cost more CPU than the services' work at the reference load.
+        Command::Service(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder.enable_all().build() {

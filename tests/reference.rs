@@ -91,9 +91,42 @@ fn replace(text: &str, from: &str, to: &str, file: &str) -> String {
     text.replace(from, to)
 }
 
-/// The repository's `keel.toml` moved to `ports` and `dir`; the processes named in
-/// `not_restarted` are not restarted when they die (a test kills them on purpose).
-fn topology(repo: &Path, dir: &Path, ports: &Ports, not_restarted: &[&str]) -> String {
+/// How a test changes the repository's topology.
+#[derive(Debug, Default, Clone, Copy)]
+struct Options<'a> {
+    /// Processes not restarted when they die (a test kills them on purpose).
+    not_restarted: &'a [&'a str],
+    /// Arguments appended to a process's `args`, by process name (e.g. `--set` overrides
+    /// that make a breaker or a timeout short enough for a test).
+    extra_args: &'a [(&'a str, &'a [&'a str])],
+}
+
+/// `block`'s `args = [ … ]` line with `extra` appended.
+fn with_extra_args(block: &str, name: &str, extra: &[&str]) -> String {
+    let line = block
+        .lines()
+        .find(|l| l.starts_with("args = [") && l.trim_end().ends_with(']'))
+        .unwrap_or_else(|| panic!("keel.toml: process {name} has no one-line args"));
+    let more: Vec<String> = extra.iter().map(|a| format!("{a:?}")).collect();
+    let longer = format!(
+        "{}, {}]",
+        line.trim_end().strip_suffix(']').unwrap(),
+        more.join(", ")
+    );
+    block.replacen(line, &longer, 1)
+}
+
+/// The repository's `keel.toml` moved to `ports` and `dir`, changed as `options` says.
+fn topology(repo: &Path, dir: &Path, ports: &Ports, options: Options<'_>) -> String {
+    let not_restarted = options.not_restarted;
+    for (name, _) in options.extra_args {
+        assert!(
+            std::fs::read_to_string(repo.join("keel.toml"))
+                .unwrap()
+                .contains(&format!("name = \"{name}\"")),
+            "keel.toml has no process {name}"
+        );
+    }
     let service_toml = dir.join("service.toml");
     let gateway_yaml = dir.join("gateway.yaml");
     std::fs::write(
@@ -146,7 +179,13 @@ fn topology(repo: &Path, dir: &Path, ports: &Ports, not_restarted: &[&str]) -> S
         .split("[[process]]")
         .enumerate()
         .map(|(i, b)| {
-            let named = |n: &&str| b.contains(&format!("name = \"{n}\""));
+            let named = |n: &&str| b.contains(&format!("name = \"{n}\"\n"));
+            let mut b = b.to_owned();
+            for (name, extra) in options.extra_args {
+                if i > 0 && named(name) {
+                    b = with_extra_args(&b, name, extra);
+                }
+            }
             if i > 0 && not_restarted.iter().any(named) {
                 assert!(
                     !b.contains("restart"),
@@ -154,7 +193,7 @@ fn topology(repo: &Path, dir: &Path, ports: &Ports, not_restarted: &[&str]) -> S
                 );
                 format!("{}\nrestart = \"never\"\n", b.trim_end())
             } else {
-                b.to_owned()
+                b
             }
         })
         .collect();
@@ -229,6 +268,15 @@ struct System {
 impl System {
     /// The repository's topology on free ports; `not_restarted` processes stay dead.
     async fn start(not_restarted: &[&str]) -> Self {
+        Self::start_with(Options {
+            not_restarted,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// The repository's topology on free ports, changed as `options` says.
+    async fn start_with(options: Options<'_>) -> Self {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let ports = Ports::pick(&std::fs::read_to_string(repo.join("keel.toml")).unwrap());
         let dir = std::env::temp_dir().join(format!(
@@ -239,7 +287,7 @@ impl System {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keel.toml");
-        std::fs::write(&file, topology(repo, &dir, &ports, not_restarted)).unwrap();
+        std::fs::write(&file, topology(repo, &dir, &ports, options)).unwrap();
         let mut cmd = keel_command();
         cmd.current_dir(repo)
             .arg("up")
@@ -994,4 +1042,785 @@ async fn delivery_catches_up_after_being_down() {
     again.term();
     again.wait_exit(Duration::from_secs(20)).await;
     sys.stop().await;
+}
+
+// ---------------------------------------------------------------- payment networks, history, chaos
+
+/// The repository's ports of the processes these tests reach directly.
+const VAN_A: u16 = 8111;
+const VAN_B: u16 = 8112;
+const HISTORY: u16 = 8107;
+const ORDER: u16 = 8103;
+
+async fn put(http: &Client, url: &str, body: Value) -> (StatusCode, Value) {
+    let (s, _, b) = send(http.put(url).json(&body)).await;
+    (s, b)
+}
+
+/// A `--set` override of accounting's arguments.
+const fn accounting_args<'a>(args: &'a [&'a str]) -> [(&'a str, &'a [&'a str]); 1] {
+    [("accounting", args)]
+}
+
+fn breaker_of(state: &Value, network: &str) -> String {
+    state["networks"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == network))
+        .and_then(|n| n["breaker"].as_str())
+        .unwrap_or_else(|| panic!("no breaker of {network}: {state}"))
+        .to_owned()
+}
+
+fn network_field(state: &Value, network: &str, field: &str) -> Value {
+    state["networks"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == network))
+        .map(|n| n[field].clone())
+        .unwrap_or_else(|| panic!("no {network} in {state}"))
+}
+
+impl System {
+    /// Base URL of the process of this run on the repository's `original` port, reached
+    /// directly rather than through the gateway.
+    fn direct(&self, original: u16) -> String {
+        format!("http://127.0.0.1:{}", self.ports.of(original))
+    }
+
+    /// Sets a payment network's injected faults (`PUT /admin/faults`, reached directly).
+    async fn faults(&self, http: &Client, van: u16, body: Value) {
+        let (s, b) = put(http, &format!("{}/admin/faults", self.direct(van)), body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+
+    /// A network's authorizations for an order (tombstones included).
+    async fn authorizations(&self, http: &Client, van: u16, order_id: &str) -> Vec<Value> {
+        let (s, b) = get(
+            http,
+            &format!("{}/authorizations?orderId={order_id}", self.direct(van)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["authorizations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("authorizations: {b}"))
+            .clone()
+    }
+
+    /// Accounting's failover state, through the gateway.
+    async fn payment_networks(&self, http: &Client) -> Value {
+        let (s, b) = get(http, &self.url("/payment-networks")).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b
+    }
+
+    /// Accounting's payment of an order: AUTHORIZED, and held at a network.
+    async fn authorized_payment(&self, http: &Client, order_id: &str) -> Value {
+        let (s, p) = get(http, &self.url(&format!("/payments/{order_id}"))).await;
+        assert_eq!(s, StatusCode::OK, "{p}");
+        assert_eq!(p["state"], "AUTHORIZED", "{p}");
+        assert!(p["networkAuthorizationId"].is_string(), "{p}");
+        p
+    }
+
+    /// An approved order whose payment is held at `network`, and only there: the network's
+    /// one APPROVED authorization is accounting's, the other network has no live one.
+    async fn approved_at(
+        &self,
+        http: &Client,
+        consumer: &str,
+        restaurant: &str,
+        network: &str,
+    ) -> String {
+        let (id, _) = self.approved_order(http, consumer, restaurant).await;
+        let p = self.authorized_payment(http, &id).await;
+        assert_eq!(p["network"], network, "{id}: {p}");
+        let (here, there) = if network == "van-a" {
+            (VAN_A, VAN_B)
+        } else {
+            (VAN_B, VAN_A)
+        };
+        let held = self.authorizations(http, here, &id).await;
+        let approved: Vec<&Value> = held.iter().filter(|a| a["status"] == "APPROVED").collect();
+        assert_eq!(approved.len(), 1, "{network} for {id}: {held:?}");
+        assert_eq!(approved[0]["id"], p["networkAuthorizationId"], "{p}");
+        assert_eq!(approved[0]["amount"], p["amount"], "{p}");
+        let other = self.authorizations(http, there, &id).await;
+        assert!(
+            other.iter().all(|a| a["status"] != "APPROVED"),
+            "{id} approved at two networks: {held:?} {other:?}"
+        );
+        id
+    }
+}
+
+/// van-a fails every authorization: orders are approved all the same, through van-b, and
+/// van-a's breaker opens (then van-a is not even asked); van-a healthy again: after the
+/// breaker's open time trial calls go to van-a, the breaker closes and van-a takes the
+/// traffic back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_fail_over_to_van_b_and_come_back() {
+    let started = Instant::now();
+    // A breaker that may open after 3 calls and stays open 5 s (the defaults: 10 calls,
+    // 10 s). Not much less: while it is open this test places one order and checks van-a
+    // was not asked, which must not straddle the end of the open time on a slow machine.
+    const OPEN: Duration = Duration::from_secs(5);
+    let open_ms = format!("app.payments.breaker.open_ms={}", OPEN.as_millis());
+    let args = [
+        "--set",
+        "app.payments.breaker.minimum_calls=3",
+        "--set",
+        &open_ms,
+    ];
+    let extra = accounting_args(&args);
+    let sys = System::start_with(Options {
+        extra_args: &extra,
+        ..Options::default()
+    })
+    .await;
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "failover").await;
+
+    // Healthy: van-a, the preferred network, authorizes.
+    sys.approved_at(&http, &consumer, &restaurant, "van-a")
+        .await;
+    let state = sys.payment_networks(&http).await;
+    assert_eq!(state["preferred"], "van-a", "{state}");
+    assert_eq!(breaker_of(&state, "van-a"), "CLOSED", "{state}");
+
+    // van-a answers every authorization with 503: orders fail over to van-b until van-a's
+    // breaker opens.
+    sys.faults(&http, VAN_A, json!({"errorRate": 1.0})).await;
+    let mut failed_over = Vec::new();
+    let mut state = Value::Null;
+    // When the order that opened the breaker was placed: the breaker opened after it.
+    let mut opened_after = Instant::now();
+    while failed_over.len() < 8 {
+        opened_after = Instant::now();
+        let id = sys
+            .approved_at(&http, &consumer, &restaurant, "van-b")
+            .await;
+        assert!(
+            sys.authorizations(&http, VAN_A, &id).await.is_empty(),
+            "a 503 stores nothing"
+        );
+        failed_over.push(id);
+        state = sys.payment_networks(&http).await;
+        if breaker_of(&state, "van-a") == "OPEN" {
+            break;
+        }
+    }
+    assert_eq!(
+        breaker_of(&state, "van-a"),
+        "OPEN",
+        "after {} orders failed over: {state}",
+        failed_over.len()
+    );
+    assert!(failed_over.len() >= 2, "opened too early: {state}");
+    assert_eq!(state["preferred"], "van-b", "{state}");
+    assert_eq!(breaker_of(&state, "van-b"), "CLOSED", "{state}");
+    let last_error = network_field(&state, "van-a", "lastError");
+    assert!(
+        last_error.as_str().is_some_and(|e| e.contains("503")),
+        "{state}"
+    );
+    // Open: the next order goes straight to van-b; van-a is not asked.
+    let not_permitted = network_field(&state, "van-a", "notPermittedCalls")
+        .as_u64()
+        .unwrap();
+    sys.approved_at(&http, &consumer, &restaurant, "van-b")
+        .await;
+    let state = sys.payment_networks(&http).await;
+    assert!(
+        opened_after.elapsed() < OPEN,
+        "the breaker may have left OPEN already ({:?}): the check below would not hold",
+        opened_after.elapsed()
+    );
+    assert_eq!(breaker_of(&state, "van-a"), "OPEN", "{state}");
+    assert!(
+        network_field(&state, "van-a", "notPermittedCalls")
+            .as_u64()
+            .unwrap()
+            > not_permitted,
+        "van-a was asked while its breaker was open: {state}"
+    );
+
+    // van-a is healthy again: once the open time is over, orders go to van-a again (the
+    // breaker's trial calls), and it closes.
+    sys.faults(&http, VAN_A, json!({})).await;
+    let deadline = Instant::now() + OPEN + ORDER_TIMEOUT;
+    let back = loop {
+        let (id, _) = sys.approved_order(&http, &consumer, &restaurant).await;
+        let p = sys.authorized_payment(&http, &id).await;
+        if p["network"] == "van-a" {
+            break id;
+        }
+        assert_eq!(p["network"], "van-b", "{p}");
+        assert!(Instant::now() < deadline, "van-a never took traffic back");
+    };
+    assert!(
+        opened_after.elapsed() >= OPEN,
+        "van-a was asked again within {:?} of its breaker opening, before its open time {OPEN:?}",
+        opened_after.elapsed()
+    );
+    sys.approved_at(&http, &consumer, &restaurant, "van-a")
+        .await;
+    assert!(sys.authorizations(&http, VAN_B, &back).await.is_empty());
+    // The breaker closes after its trial calls (3 by default); each goes to van-a.
+    let mut state = sys.payment_networks(&http).await;
+    for _ in 0..5 {
+        if breaker_of(&state, "van-a") == "CLOSED" {
+            break;
+        }
+        sys.approved_at(&http, &consumer, &restaurant, "van-a")
+            .await;
+        state = sys.payment_networks(&http).await;
+    }
+    assert_eq!(breaker_of(&state, "van-a"), "CLOSED", "{state}");
+    assert_eq!(state["preferred"], "van-a", "{state}");
+    sys.approved_at(&http, &consumer, &restaurant, "van-a")
+        .await;
+    // Every order of the failover is still held at van-b, once.
+    for id in &failed_over {
+        let p = sys.authorized_payment(&http, id).await;
+        assert_eq!(p["network"], "van-b", "{p}");
+    }
+    sys.stop().await;
+    eprintln!("failover scenario done in {:?}", started.elapsed());
+}
+
+/// van-a stores the authorization but answers after accounting's timeout: the outcome is
+/// unknown, so accounting network-cancels it at van-a before it tries van-b. The order is
+/// approved through van-b, van-a's record is VOIDED, and across both networks the order
+/// has exactly one live authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_outcome_is_voided_before_another_network_is_tried() {
+    let started = Instant::now();
+    let extra = accounting_args(&["--set", "app.payments.timeout_ms=1500"]);
+    let sys = System::start_with(Options {
+        extra_args: &extra,
+        ..Options::default()
+    })
+    .await;
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "unknown").await;
+    sys.approved_at(&http, &consumer, &restaurant, "van-a")
+        .await;
+
+    // van-a answers 4 s after storing; accounting gives up after 1.5 s.
+    sys.faults(&http, VAN_A, json!({"latencyMs": 4000})).await;
+    let id = sys
+        .approved_at(&http, &consumer, &restaurant, "van-b")
+        .await;
+    let at_a = sys.authorizations(&http, VAN_A, &id).await;
+    assert_eq!(at_a.len(), 1, "{at_a:?}");
+    // The first attempt reached van-a (it holds the amount: not a tombstone) and was
+    // voided; only then was the second attempt made, at van-b.
+    assert_eq!(at_a[0]["status"], "VOIDED", "{at_a:?}");
+    assert_eq!(at_a[0]["key"], format!("{id}:1"), "{at_a:?}");
+    assert_eq!(at_a[0]["amount"], "6.00", "{at_a:?}");
+    let at_b = sys.authorizations(&http, VAN_B, &id).await;
+    assert_eq!(at_b.len(), 1, "{at_b:?}");
+    assert_eq!(at_b[0]["status"], "APPROVED", "{at_b:?}");
+    assert_eq!(at_b[0]["key"], format!("{id}:2"), "{at_b:?}");
+    let live = at_a
+        .iter()
+        .chain(&at_b)
+        .filter(|a| a["status"] == "APPROVED")
+        .count();
+    assert_eq!(live, 1, "{at_a:?} {at_b:?}");
+    // The composed view agrees.
+    let view = sys.settled(&http, &id).await;
+    assert_eq!(view["payment"]["network"], "van-b", "{view}");
+
+    // van-a is fast again (one unknown outcome does not open its breaker): the next order
+    // goes to van-a, and the voided one stays voided.
+    sys.faults(&http, VAN_A, json!({})).await;
+    sys.approved_at(&http, &consumer, &restaurant, "van-a")
+        .await;
+    let at_a = sys.authorizations(&http, VAN_A, &id).await;
+    assert_eq!(at_a.len(), 1, "{at_a:?}");
+    assert_eq!(at_a[0]["status"], "VOIDED", "{at_a:?}");
+    sys.stop().await;
+    eprintln!("unknown-outcome scenario done in {:?}", started.elapsed());
+}
+
+/// What the order-history view should hold for an order, from the services that own each
+/// part: the order service's facts and state; accounting's payment; the kitchen's ticket
+/// once accepted (`TicketAccepted` is the only ticket event); the delivery service's
+/// delivery once published (a tombstone, the cancellation of an order whose ticket was never
+/// accepted, is not announced). Waits for the order to be terminal.
+async fn expected_history(sys: &System, http: &Client, id: &str) -> Value {
+    let order = sys
+        .poll(http, &format!("/orders/{id}"), |s, b| {
+            s == StatusCode::OK && is_terminal(&b["state"])
+        })
+        .await;
+    // The order service itself (the gateway composes `GET /orders/{id}`).
+    let (s, o) = get(http, &format!("{}/orders/{id}", sys.direct(ORDER))).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["state"], order["state"], "{o}");
+    let mut want = json!({"orderId": id});
+    for field in [
+        "consumerId",
+        "restaurantId",
+        "state",
+        "rejectionReason",
+        "orderTotal",
+        "lineItems",
+        "deliveryAddress",
+        "deliveryTime",
+        "version",
+    ] {
+        want[field] = o[field].clone();
+    }
+    let (s, p) = get(http, &sys.url(&format!("/payments/{id}"))).await;
+    want["payment"] = match s {
+        StatusCode::NOT_FOUND => Value::Null,
+        StatusCode::OK if p["state"] == "DECLINED" => json!({
+            "status": "DECLINED",
+            "declineReason": p["reason"],
+        }),
+        StatusCode::OK => json!({
+            "status": p["state"],
+            "network": p["network"],
+            "authorizationId": p["authorizationId"],
+            "amount": p["amount"],
+        }),
+        _ => panic!("GET /payments/{id}: {s} {p}"),
+    };
+    let (s, t) = get(http, &sys.url(&format!("/tickets/by-order/{id}"))).await;
+    want["ticket"] = match s {
+        StatusCode::NOT_FOUND => Value::Null,
+        StatusCode::OK if t["readyBy"].is_string() => json!({
+            "ticketId": t["ticketId"],
+            "state": "ACCEPTED",
+            "readyBy": t["readyBy"],
+        }),
+        StatusCode::OK => Value::Null,
+        _ => panic!("GET /tickets/by-order/{id}: {s} {t}"),
+    };
+    let (s, d) = get(http, &sys.url(&format!("/deliveries/{id}"))).await;
+    want["delivery"] = match s {
+        StatusCode::NOT_FOUND => Value::Null,
+        StatusCode::OK if d["state"] == "CANCELLED" && d["pickupTime"].is_null() => Value::Null,
+        StatusCode::OK => json!({
+            "status": d["state"],
+            "pickupTime": d["pickupTime"],
+            "courierId": d["courierId"],
+        }),
+        _ => panic!("GET /deliveries/{id}: {s} {d}"),
+    };
+    want
+}
+
+/// The view's row restricted to what [`expected_history`] knows.
+fn comparable(row: &Value) -> Value {
+    let mut out = json!({"orderId": row["orderId"]});
+    for field in [
+        "consumerId",
+        "restaurantId",
+        "state",
+        "rejectionReason",
+        "orderTotal",
+        "lineItems",
+        "deliveryAddress",
+        "deliveryTime",
+        "version",
+    ] {
+        out[field] = row[field].clone();
+    }
+    out["payment"] = match row["payment"]["status"].as_str() {
+        None => Value::Null,
+        Some("DECLINED") => json!({
+            "status": "DECLINED",
+            "declineReason": row["payment"]["declineReason"],
+        }),
+        Some(_) => json!({
+            "status": row["payment"]["status"],
+            "network": row["payment"]["network"],
+            "authorizationId": row["payment"]["authorizationId"],
+            "amount": row["payment"]["amount"],
+        }),
+    };
+    out["ticket"] = row["ticket"].clone();
+    out["delivery"] = row["delivery"].clone();
+    out
+}
+
+impl System {
+    /// Polls the view (through the gateway, with a consistency token for the order's
+    /// current version) until its row agrees with the services; the whole row.
+    async fn history_agrees(&self, http: &Client, id: &str) -> Value {
+        let deadline = Instant::now() + ORDER_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let want = expected_history(self, http, id).await;
+            let token = format!("{id}:{}", want["version"]);
+            let (s, row) = get(
+                http,
+                &self.url(&format!("/history/orders/{id}?consistencyToken={token}")),
+            )
+            .await;
+            if s == StatusCode::OK && comparable(&row) == want {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order history disagrees with the services on {id}:\n view     {s} {}\n services {want}",
+                if s == StatusCode::OK {
+                    comparable(&row)
+                } else {
+                    row
+                }
+            );
+            tokio::time::sleep(pause(&mut attempt)).await;
+        }
+    }
+
+    /// Every row of `ids` (agreeing with the services), a consumer's list and the
+    /// dashboard, as the view has them now.
+    async fn history_snapshot(
+        &self,
+        http: &Client,
+        ids: &[&str],
+        consumer: &str,
+    ) -> (Vec<Value>, Value, Value) {
+        let mut rows = Vec::new();
+        for id in ids {
+            rows.push(self.history_agrees(http, id).await);
+        }
+        let (s, list) = get(http, &self.url(&format!("/orders?consumerId={consumer}"))).await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let (s, dashboard) = get(http, &self.url("/history/dashboard")).await;
+        assert_eq!(s, StatusCode::OK, "{dashboard}");
+        (rows, list, dashboard)
+    }
+
+    /// Accepts an order's ticket and waits for its delivery to be scheduled.
+    async fn accept_and_schedule(&self, http: &Client, id: &str, ticket: &str, ready_by: &str) {
+        let (s, b) = post(
+            http,
+            &self.url(&format!("/tickets/{ticket}/accept")),
+            json!({ "readyBy": ready_by }),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        self.poll(http, &format!("/deliveries/{id}"), |s, b| {
+            s == StatusCode::OK && b["state"] == "SCHEDULED"
+        })
+        .await;
+    }
+}
+
+/// Approved (ticket accepted, delivery scheduled), rejected twice (declined card, over the
+/// order limit), cancelled before and after acceptance: the order-history view agrees with
+/// the services, reads its own writes with consistency tokens, and is identical after an
+/// online rebuild and after an offline one (`keel service history --rebuild`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_history_matches_the_services_after_a_mixed_scenario_and_a_rebuild() {
+    let started = Instant::now();
+    // A token waits up to 3 s for the view (default 1 s): a slow CI machine must not turn
+    // a read of one's own write into a 409.
+    let sys = System::start_with(Options {
+        not_restarted: &["history"],
+        extra_args: &[("history", &["--set", "app.consistency_wait_ms=3000"])],
+    })
+    .await;
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (ada, restaurant) = sys.consumer_and_restaurant(&http, "history").await;
+    let dave = sys
+        .create_consumer(&http, json!({"name": "Dave", "card": DECLINED_CARD}))
+        .await;
+    let frugal = sys
+        .create_consumer(&http, json!({"name": "Frugal", "orderLimit": "5.00"}))
+        .await;
+
+    // Read your own write: the token of POST /orders finds the order in the view at once.
+    let (approved, created) = sys
+        .place(&http, &order(&ada, &restaurant, &[("soup", 2)]))
+        .await;
+    let token = created["consistencyToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a consistency token: {created}"));
+    assert_eq!(token, format!("{approved}:1"), "{created}");
+    let (s, row) = get(
+        &http,
+        &sys.url(&format!(
+            "/history/orders/{approved}?consistencyToken={token}"
+        )),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{row}");
+    assert_eq!(row["consumerId"], ada.as_str(), "{row}");
+    assert_eq!(row["orderTotal"], "12.00", "{row}");
+    assert!(row["version"].as_u64().unwrap() >= 1, "{row}");
+    // A token ahead of the view: 409 after the wait, naming the position.
+    let (s, behind) = get(
+        &http,
+        &sys.url(&format!(
+            "/history/orders/{approved}?consistencyToken={approved}:99"
+        )),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{behind}");
+    assert_eq!(behind["wanted"], 99, "{behind}");
+
+    let (declined, _) = sys
+        .place(&http, &order(&dave, &restaurant, &[("soup", 1)]))
+        .await;
+    let (over_limit, _) = sys
+        .place(&http, &order(&frugal, &restaurant, &[("soup", 1)]))
+        .await;
+    let (cancelled_early, _) = sys.approved_order(&http, &ada, &restaurant).await;
+    let (cancelled_late, late_ticket) = sys.approved_order(&http, &ada, &restaurant).await;
+    let view = sys.settled(&http, &approved).await;
+    assert_eq!(view["state"], "APPROVED", "{view}");
+    let ticket = view["ticket"]["ticketId"].as_str().unwrap().to_owned();
+    sys.accept_and_schedule(&http, &approved, &ticket, "2030-01-01T12:30:00Z")
+        .await;
+    sys.accept_and_schedule(&http, &cancelled_late, &late_ticket, "2030-01-01T13:00:00Z")
+        .await;
+    for (id, reason) in [
+        (&declined, "PAYMENT_DECLINED"),
+        (&over_limit, "ORDER_LIMIT_EXCEEDED"),
+    ] {
+        let view = sys.settled(&http, id).await;
+        assert_eq!(view["state"], "REJECTED", "{view}");
+        assert_eq!(view["rejectionReason"], reason, "{view}");
+    }
+    // Cancellations; the cancel's token (in the header too) is read back at once.
+    for id in [&cancelled_early, &cancelled_late] {
+        let res = http
+            .post(sys.url(&format!("/orders/{id}/cancel")))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let header = res
+            .headers()
+            .get("keel-consistency-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body: Value = res.json().await.unwrap();
+        let token = body["consistencyToken"].as_str().unwrap().to_owned();
+        assert_eq!(header.as_deref(), Some(token.as_str()), "{body}");
+        let (s, _, row) = send(
+            http.get(sys.url(&format!("/history/orders/{id}")))
+                .header("Keel-Consistency-Token", &token),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{row}");
+        assert!(
+            matches!(row["state"].as_str(), Some("CANCEL_PENDING" | "CANCELLED")),
+            "token {token}: {row}"
+        );
+        let view = sys.settled(&http, id).await;
+        assert_eq!(view["state"], "CANCELLED", "{view}");
+    }
+    sys.poll(&http, &format!("/deliveries/{cancelled_late}"), |s, b| {
+        s == StatusCode::OK && b["state"] == "CANCELLED"
+    })
+    .await;
+    for id in [&cancelled_early, &cancelled_late] {
+        sys.poll(&http, &format!("/payments/{id}"), |s, b| {
+            s == StatusCode::OK && b["state"] == "REVERSED"
+        })
+        .await;
+    }
+
+    // The view agrees with the services on every order, part by part.
+    let ids = [
+        approved.as_str(),
+        declined.as_str(),
+        over_limit.as_str(),
+        cancelled_early.as_str(),
+        cancelled_late.as_str(),
+    ];
+    let before = sys.history_snapshot(&http, &ids, &ada).await;
+    let (rows, list, dashboard) = &before;
+    let by_id = |id: &str| rows.iter().find(|r| r["orderId"] == id).unwrap().clone();
+    let a = by_id(&approved);
+    assert_eq!(a["state"], "APPROVED", "{a}");
+    assert_eq!(a["ticket"]["state"], "ACCEPTED", "{a}");
+    assert_eq!(a["payment"]["status"], "AUTHORIZED", "{a}");
+    assert_eq!(a["payment"]["network"], "van-a", "{a}");
+    assert_eq!(a["delivery"]["status"], "SCHEDULED", "{a}");
+    assert_eq!(
+        by_id(&declined)["payment"]["status"],
+        "DECLINED",
+        "{rows:?}"
+    );
+    assert!(by_id(&over_limit)["payment"].is_null(), "{rows:?}");
+    let late = by_id(&cancelled_late);
+    assert_eq!(late["payment"]["status"], "REVERSED", "{late}");
+    assert_eq!(late["delivery"]["status"], "CANCELLED", "{late}");
+    let early = by_id(&cancelled_early);
+    assert!(
+        early["ticket"].is_null() && early["delivery"].is_null(),
+        "{early}"
+    );
+    // The consumer's list (GET /orders?consumerId= through the gateway) holds exactly
+    // their orders, row for row as `GET /orders/{id}` has them.
+    let listed = list["orders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"));
+    let mut listed_ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|r| r["orderId"].as_str())
+        .collect();
+    listed_ids.sort_unstable();
+    let mut ada_ids = vec![
+        approved.as_str(),
+        cancelled_early.as_str(),
+        cancelled_late.as_str(),
+    ];
+    ada_ids.sort_unstable();
+    assert_eq!(listed_ids, ada_ids, "{list}");
+    for r in listed {
+        assert_eq!(*r, by_id(r["orderId"].as_str().unwrap()), "{list}");
+    }
+    // The seed job places no orders: the dashboard is this scenario's.
+    assert_eq!(
+        *dashboard,
+        json!({"awaitingOrderEvents": 0, "orders": 5, "revenue": "12.00", "byState": {
+            "APPROVAL_PENDING": 0, "APPROVED": 1, "CANCEL_PENDING": 0, "CANCELLED": 2,
+            "REJECTED": 2}}),
+    );
+
+    // Online rebuild: a new generation replays the bus into an empty view.
+    let history = sys.direct(HISTORY);
+    let (s, _, old) = send(http.get(format!("{history}/admin/view"))).await;
+    assert_eq!(s, StatusCode::OK, "{old}");
+    let (s, r) = post(&http, &format!("{history}/admin/rebuild"), json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(
+        r["generation"],
+        old["generation"].as_u64().unwrap() + 1,
+        "{r}"
+    );
+    let after_online = sys.history_snapshot(&http, &ids, &ada).await;
+    assert_eq!(after_online.0, before.0, "rows after the online rebuild");
+    assert_eq!(after_online.1, before.1, "list after the online rebuild");
+    // The dashboard, once the replay has reached every order.
+    let dashboard = sys
+        .poll(&http, "/history/dashboard", |s, b| {
+            s == StatusCode::OK && *b == before.2
+        })
+        .await;
+    assert_eq!(dashboard, before.2);
+
+    // Offline rebuild: history stopped, `keel service history --rebuild` with its data
+    // directory and configuration, started again.
+    sys.kill("service history", HISTORY).await;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rebuild = keel_command();
+    rebuild
+        .current_dir(repo)
+        .env("KEEL_DATA_DIR", sys.dir.join("data"))
+        .args(["service", "history", "--rebuild", "--config"])
+        .arg(sys.dir.join("service.toml"));
+    let out = tokio::time::timeout(Duration::from_secs(30), rebuild.output())
+        .await
+        .expect("keel service history --rebuild finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keel service history --rebuild: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generation = r["generation"].as_u64().unwrap() + 1;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("generation {generation}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let listen = format!("127.0.0.1:{}", sys.ports.of(HISTORY));
+    let mut again = sys.start_service(&[
+        "history",
+        "--listen",
+        &listen,
+        "--set",
+        "app.consistency_wait_ms=3000",
+    ]);
+    wait_healthy(&format!("{history}/health/ready"), Duration::from_secs(20)).await;
+    let (s, _, now) = send(http.get(format!("{history}/admin/view"))).await;
+    assert_eq!(s, StatusCode::OK, "{now}");
+    assert_eq!(now["generation"], generation, "{now}");
+    let after_offline = sys.history_snapshot(&http, &ids, &ada).await;
+    assert_eq!(after_offline.0, before.0, "rows after the offline rebuild");
+    assert_eq!(after_offline.1, before.1, "list after the offline rebuild");
+    sys.poll(&http, "/history/dashboard", |s, b| {
+        s == StatusCode::OK && *b == before.2
+    })
+    .await;
+
+    again.term();
+    again.wait_exit(Duration::from_secs(20)).await;
+    sys.stop().await;
+    eprintln!("history scenario done in {:?}", started.elapsed());
+}
+
+/// `keel chaos` (the real binary) against the system: a short load run while it kills a
+/// service every 2 s and injects payment-network faults, then its invariant check must
+/// hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_chaos_run_keeps_the_invariants() {
+    let started = Instant::now();
+    let sys = System::start(&[]).await;
+    let registry = format!("http://127.0.0.1:{}", sys.ports.registry);
+    let data_dir = sys.dir.join("data");
+    let mut chaos = keel_command();
+    chaos
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .args(["chaos", "--gateway", &sys.gateway, "--registry", &registry])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args([
+            "--rate",
+            "5",
+            "--duration",
+            "8s",
+            "--kill-every",
+            "2s",
+            "--quiet",
+            "--consumers",
+            "3",
+        ]);
+    let out = tokio::time::timeout(Duration::from_secs(180), chaos.output())
+        .await
+        .expect("keel chaos finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "keel chaos: {} in {:?}\n{stdout}",
+        out.status,
+        started.elapsed()
+    );
+    assert!(
+        out.status.success() && stdout.contains("invariants hold"),
+        "keel chaos: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    // It did kill processes of this run, and every order it placed was checked.
+    let kills: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kills"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no kills line: {stdout}"));
+    assert!(kills >= 2, "{stdout}");
+    sys.stop().await;
+    eprintln!("chaos scenario done in {:?}", started.elapsed());
 }

@@ -172,6 +172,9 @@ impl Store {
             .max_connections(if memory { 1 } else { max_connections.max(1) })
             .acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
+            // A local file cannot go stale: no ping round trip to the connection's worker
+            // thread before every use.
+            pool = pool.test_before_acquire(false);
             pool = pool.after_connect(|conn, _| {
                 Box::pin(async move {
                     for pragma in [
