@@ -40,6 +40,10 @@ pub(crate) async fn start(
     Ok(Consumer::new(stop, task))
 }
 
+/// The lag gauge (a COUNT over the group's unread messages) is refreshed every this many
+/// ticks of 500 ms.
+const LAG_EVERY_TICKS: u64 = 10;
+
 #[derive(Clone)]
 struct Member {
     bus: SqliteBus,
@@ -93,25 +97,34 @@ impl Member {
             .collect())
     }
 
-    /// Claims or renews ownership of `partition`; false when another live member holds it.
-    async fn claim(&self, partition: u32) -> Result<bool, BusError> {
+    /// Claims or renews ownership of each of `partitions`, in one transaction; returns those
+    /// now held (another live member may still hold some).
+    async fn claim(&self, partitions: &[u32]) -> Result<Vec<u32>, BusError> {
         let now = now_ms();
-        let affected = self.bus.store.write(sqlx::query(
-            "INSERT INTO bus_owners (destination, grp, partition, member, lease_until) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (destination, grp, partition) DO UPDATE SET member = excluded.member, lease_until = excluded.lease_until \
-             WHERE bus_owners.member = excluded.member OR bus_owners.lease_until < $6",
-        )
-        .bind(&self.sub.destination)
-        .bind(&self.sub.group)
-        .bind(i64::from(partition))
-        .bind(&*self.member)
-        .bind(now + self.lease_ms())
-        .bind(now)
-        )
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        Ok(affected == 1)
+        let mut tx = self.bus.store.begin().await.map_err(unavailable)?;
+        let mut held = Vec::with_capacity(partitions.len());
+        for &partition in partitions {
+            let affected = sqlx::query(
+                "INSERT INTO bus_owners (destination, grp, partition, member, lease_until) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (destination, grp, partition) DO UPDATE SET member = excluded.member, lease_until = excluded.lease_until \
+                 WHERE bus_owners.member = excluded.member OR bus_owners.lease_until < $6",
+            )
+            .bind(&self.sub.destination)
+            .bind(&self.sub.group)
+            .bind(i64::from(partition))
+            .bind(&*self.member)
+            .bind(now + self.lease_ms())
+            .bind(now)
+            .execute(tx.conn())
+            .await
+            .map_err(|e| unavailable(e.into()))?
+            .rows_affected();
+            if affected == 1 {
+                held.push(partition);
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(held)
     }
 
     async fn release(&self, partition: u32) {
@@ -128,6 +141,7 @@ impl Member {
 
     async fn run(self, stop: CancellationToken) {
         let mut workers: HashMap<u32, Worker> = HashMap::new();
+        let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -156,18 +170,19 @@ impl Member {
             }
             // Workers that stopped on their own (lost their lease).
             workers.retain(|_, w| !w.task.is_finished());
-            for p in assigned {
-                match self.claim(p).await {
-                    Ok(true) if !workers.contains_key(&p) => {
-                        let ws = stop.child_token();
-                        let task = tokio::spawn(self.clone().partition(p, ws.clone()));
-                        workers.insert(p, Worker { stop: ws, task });
-                    }
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => {}
+            // One write for all leases (the bus file is shared by every process: per-partition
+            // writes every tick would keep its writers queued).
+            for p in self.claim(&assigned).await.unwrap_or_default() {
+                if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
+                    let ws = stop.child_token();
+                    let task = tokio::spawn(self.clone().partition(p, ws.clone()));
+                    e.insert(Worker { stop: ws, task });
                 }
             }
-            self.report_lag(&workers).await;
+            ticks += 1;
+            if ticks % LAG_EVERY_TICKS == 1 {
+                self.report_lag(&workers).await;
+            }
         }
         // Graceful stop: let each partition finish its message, then hand everything back.
         for (p, w) in workers.drain() {
