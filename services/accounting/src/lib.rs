@@ -19,11 +19,10 @@ pub mod payments;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
-use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
+use keel_chassis::{ChassisArgs, Invalid, Validate};
 use keel_discovery::{DiscoveryConfig, RegistrationConfig};
 use keel_messaging::{BusError, Inbox, Subscription};
-use keel_store::{Store, StoreError};
+use keel_store::StoreError;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -94,25 +93,13 @@ pub enum StartError {
     Payments(#[from] payments::BuildError),
 }
 
-/// Accounting ready to serve: its routes, its database and its background work.
-pub struct App {
-    /// The HTTP API: `/payments/…`, `/accounts/…`, `/payment-networks` and `/openapi.json`.
-    pub router: Router,
-    /// Accounting's database (health checks, tests).
-    pub store: Store,
-    /// The outbox relay and the `accounting.commands` and `consumer.events` consumers; ends
-    /// (the messages in hand finished) once the `stop` token given to [`app`] is cancelled.
-    /// Spawn it.
-    pub background: BoxFuture<'static, ()>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+/// Accounting ready to serve ([`ftgo_runtime::Running`]): its `router` (the HTTP API:
+/// `/payments/…`, `/accounts/…`, `/payment-networks` and `/openapi.json`), its `store`
+/// (accounting's database: health checks, tests) and its `background` work — the outbox
+/// relay and the `accounting.commands` and `consumer.events` consumers, which ends (the
+/// messages in hand finished) once the `stop` token given to [`app`] is cancelled. Spawn
+/// it.
+pub type App = ftgo_runtime::Running;
 
 /// Runs accounting until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
@@ -120,14 +107,7 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
         SERVICE,
         args,
         |config: &AccountingConfig| config.registration.clone(),
-        |config, stop| async move {
-            let app = app(&config, stop).await?;
-            Ok::<_, StartError>(ftgo_runtime::Running {
-                router: app.router,
-                store: app.store,
-                background: app.background,
-            })
-        },
+        |config, stop| async move { app(&config, stop).await },
     )
     .await
 }

@@ -10,13 +10,11 @@
 //! skipped; an event of ours that does not fit is dead-lettered (retrying cannot help).
 
 use ftgo_contracts::events::{ORDER_CANCELLED, OrderDetails, TICKET_ACCEPTED, TicketAccepted};
+use ftgo_runtime::time;
 use keel_messaging::{Delivery, HandlerError, Outbox};
 use keel_store::Tx;
 
-use crate::{
-    scheduling::{self, Accepted},
-    time,
-};
+use crate::scheduling::{self, Accepted};
 
 /// Handles one `kitchen.events` message inside the inbox transaction `tx`.
 pub(crate) async fn on_kitchen_event(

@@ -16,12 +16,10 @@ mod openapi;
 mod scheduling;
 mod store;
 mod telemetry;
-mod time;
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
+use keel_chassis::{ChassisArgs, Invalid, Validate};
 use keel_discovery::RegistrationConfig;
 use keel_messaging::{BusError, Inbox, Outbox, Subscription};
 use keel_store::{Store, StoreError};
@@ -86,25 +84,13 @@ pub enum StartError {
     Bus(#[from] BusError),
 }
 
-/// A delivery service ready to serve: its routes, its database and its background work.
-pub struct App {
-    /// The HTTP API: `/deliveries/…`, `/couriers/…`, `/openapi.json` and `/docs`.
-    pub router: Router,
-    /// The delivery service's database (health checks, tests).
-    pub store: Store,
-    /// The outbox relay, the `kitchen.events` and `order.events` consumers and the
-    /// assignment sweep; ends (the events in hand finished) once the `stop` token given to
-    /// [`app`] is cancelled. Spawn it.
-    pub background: BoxFuture<'static, ()>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+/// A delivery service ready to serve ([`ftgo_runtime::Running`]): its `router` (the HTTP
+/// API: `/deliveries/…`, `/couriers/…`, `/openapi.json` and `/docs`), its `store` (the
+/// delivery service's database: health checks, tests) and its `background` work — the
+/// outbox relay, the `kitchen.events` and `order.events` consumers and the assignment
+/// sweep, which ends (the events in hand finished) once the `stop` token given to [`app`]
+/// is cancelled. Spawn it.
+pub type App = ftgo_runtime::Running;
 
 /// Runs the delivery service until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
@@ -112,14 +98,7 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
         SERVICE,
         args,
         |config: &DeliveryConfig| config.registration.clone(),
-        |config, stop| async move {
-            let app = app(&config, stop).await?;
-            Ok::<_, StartError>(ftgo_runtime::Running {
-                router: app.router,
-                store: app.store,
-                background: app.background,
-            })
-        },
+        |config, stop| async move { app(&config, stop).await },
     )
     .await
 }

@@ -16,8 +16,7 @@ mod view;
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use keel_chassis::{ChassisArgs, Invalid, KeelConfig, Validate, axum::Router};
+use keel_chassis::{ChassisArgs, Invalid, KeelConfig, Validate};
 use keel_discovery::RegistrationConfig;
 use keel_messaging::BusError;
 use keel_store::{Store, StoreError};
@@ -103,25 +102,12 @@ impl From<RebuildError> for StartError {
     }
 }
 
-/// An order history ready to serve: its routes, its database and its background work.
-pub struct App {
-    /// The HTTP API: `/orders`, `/orders/{id}`, `/dashboard` (also under `/history`),
-    /// `/admin/view`, `/admin/rebuild` and `/openapi.json`.
-    pub router: Router,
-    /// The view's database (health checks, tests).
-    pub store: Store,
-    /// Stops the consumers (the event in hand finishes first) once the `stop` token given
-    /// to [`app`] is cancelled. Spawn it.
-    pub background: BoxFuture<'static, ()>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+/// An order history ready to serve ([`ftgo_runtime::Running`]): its `router` (the HTTP
+/// API: `/orders`, `/orders/{id}`, `/dashboard` (also under `/history`), `/admin/view`,
+/// `/admin/rebuild` and `/openapi.json`), its `store` (the view's database: health checks,
+/// tests) and its `background` work, which stops the consumers (the event in hand finishes
+/// first) once the `stop` token given to [`app`] is cancelled. Spawn it.
+pub type App = ftgo_runtime::Running;
 
 /// Runs the order history until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
@@ -129,14 +115,7 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
         SERVICE,
         args,
         |config: &HistoryConfig| config.registration.clone(),
-        |config, stop| async move {
-            let app = app(&config, stop).await?;
-            Ok::<_, StartError>(ftgo_runtime::Running {
-                router: app.router,
-                store: app.store,
-                background: app.background,
-            })
-        },
+        |config, stop| async move { app(&config, stop).await },
     )
     .await
 }

@@ -1,6 +1,7 @@
 //! The kitchen's HTTP API: read a ticket (by id or by order), accept it.
 
 use ftgo_contracts::events::{TICKET_ACCEPTED, TicketAccepted};
+use ftgo_runtime::time;
 use keel_chassis::{
     ApiResult, Problem,
     axum::{
@@ -14,10 +15,7 @@ use keel_messaging::{Message, Outbox};
 use keel_store::{Store, now_ms};
 use serde::Deserialize;
 
-use crate::{
-    tickets::{self, Ticket, TicketState, TicketView},
-    time,
-};
+use crate::tickets::{self, Ticket, TicketState, TicketView};
 use keel_chassis::json::{JsonBody, invalid_field};
 
 #[derive(Debug, Clone)]

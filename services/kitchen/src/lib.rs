@@ -10,13 +10,11 @@ mod api;
 mod commands;
 mod openapi;
 mod tickets;
-mod time;
 
-use futures::future::BoxFuture;
-use keel_chassis::{ChassisArgs, Invalid, Validate, axum::Router};
+use keel_chassis::{ChassisArgs, Invalid, Validate};
 use keel_discovery::RegistrationConfig;
 use keel_messaging::{BusError, Inbox, Subscription};
-use keel_store::{Store, StoreError};
+use keel_store::StoreError;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -66,24 +64,12 @@ pub enum StartError {
     Bus(#[from] BusError),
 }
 
-/// A kitchen ready to serve: its routes, its database and its background work.
-pub struct App {
-    /// The HTTP API: `/tickets/…` and `/openapi.json`.
-    pub router: Router,
-    /// The kitchen's database (health checks, tests).
-    pub store: Store,
-    /// The outbox relay and the `kitchen.commands` consumer; ends (the command in hand
-    /// finished) once the `stop` token given to [`app`] is cancelled. Spawn it.
-    pub background: BoxFuture<'static, ()>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+/// A kitchen ready to serve ([`ftgo_runtime::Running`]): its `router` (the HTTP API:
+/// `/tickets/…` and `/openapi.json`), its `store` (the kitchen's database: health checks,
+/// tests) and its `background` work — the outbox relay and the `kitchen.commands` consumer,
+/// which ends (the command in hand finished) once the `stop` token given to [`app`] is
+/// cancelled. Spawn it.
+pub type App = ftgo_runtime::Running;
 
 /// Runs the kitchen until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
@@ -91,14 +77,7 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
         SERVICE,
         args,
         |config: &KitchenConfig| config.registration.clone(),
-        |config, stop| async move {
-            let app = app(&config, stop).await?;
-            Ok::<_, StartError>(ftgo_runtime::Running {
-                router: app.router,
-                store: app.store,
-                background: app.background,
-            })
-        },
+        |config, stop| async move { app(&config, stop).await },
     )
     .await
 }

@@ -14,7 +14,6 @@ use ftgo_contracts::{
     events::{self, MenuItem, RestaurantCreated},
     services,
 };
-use futures::future::BoxFuture;
 use keel_chassis::{
     ApiResult, ChassisArgs, Invalid, Problem, Validate,
     axum::{
@@ -111,25 +110,13 @@ const MIGRATIONS: &[Migration] = &[Migration::new(
     )",
 )];
 
-/// The service, started by [`app`]: serve its router and spawn its background work.
-pub struct App {
-    /// The HTTP API (without the chassis's built-in routes, which `serve` adds).
-    pub router: Router,
-    /// The service's database (health checks, tests).
-    pub store: Store,
-    /// Stops the outbox relay and the order-event consumer (both already running) once
-    /// the `stop` token given to [`app`] is cancelled: consuming ends after the message in
-    /// hand, and the relay hands back its leadership. Spawn it as a service task.
-    pub background: BoxFuture<'static, ()>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+/// The service, started by [`app`] ([`ftgo_runtime::Running`]): serve its `router` (the
+/// HTTP API, without the chassis's built-in routes, which `serve` adds), check its `store`
+/// (health checks, tests) and spawn its `background` work as a service task — it stops the
+/// outbox relay and the order-event consumer (both already running) once the `stop` token
+/// given to [`app`] is cancelled: consuming ends after the message in hand, and the relay
+/// hands back its leadership.
+pub type App = ftgo_runtime::Running;
 
 /// Runs the restaurant service until SIGTERM/SIGINT.
 pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
@@ -137,21 +124,14 @@ pub async fn run(args: &ChassisArgs) -> Result<(), keel_chassis::Error> {
         SERVICE,
         args,
         |config: &RestaurantConfig| config.registration.clone(),
-        |config, stop| async move {
-            let app = app(&config, stop).await?;
-            Ok::<_, StartError>(ftgo_runtime::Running {
-                router: app.router,
-                store: app.store,
-                background: app.background,
-            })
-        },
+        |config, stop| async move { app(&config, stop).await },
     )
     .await
 }
 
 /// Starts the service: opens and migrates its database, starts the outbox relay and the
 /// `order.events` consumer (group `restaurant`, through the inbox), and builds the routes.
-/// Everything in the background stops when `stop` is cancelled (see [`App::background`]).
+/// Everything in the background stops when `stop` is cancelled (see [`App`]).
 pub async fn app(config: &RestaurantConfig, stop: CancellationToken) -> Result<App, StartError> {
     let ftgo_runtime::Plumbing {
         store,

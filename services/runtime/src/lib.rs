@@ -3,6 +3,8 @@
 //! a service's store, bus and outbox relay ([`start`]), and the run loop that serves it
 //! with a readiness check and registry registration ([`run`]).
 
+pub mod time;
+
 use std::{future::Future, io, sync::Arc};
 
 use futures::future::BoxFuture;
@@ -98,13 +100,16 @@ where
     })
 }
 
-/// What a started service hands to [`run`].
+/// A started service, ready to serve: what its `app` returns (services name it `App`) and
+/// what it hands to [`run`].
 pub struct Running {
     /// The HTTP API (without the chassis's built-in routes, which serving adds).
     pub router: Router,
-    /// The service's database, checked by the `database` readiness check.
+    /// The service's database, checked by the `database` readiness check (and by tests).
     pub store: Store,
-    /// The background work; it ends once the stop token is cancelled.
+    /// The background work (outbox relay, consumers, …), already started where it consumes;
+    /// it ends once the stop token the service was started with is cancelled. Spawn it as a
+    /// service task.
     pub background: BoxFuture<'static, ()>,
 }
 

@@ -2,7 +2,7 @@
 //! milliseconds since the Unix epoch.
 
 /// Milliseconds since the epoch of an RFC 3339 `date-time`, or `None` when `s` is not one.
-pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;
@@ -68,7 +68,7 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
 
 /// `ms` since the epoch as RFC 3339 in UTC: `2030-01-01T12:30:00Z`, with milliseconds
 /// (`…:00.250Z`) only when there are some.
-pub(crate) fn format_rfc3339(ms: i64) -> String {
+pub fn format_rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
