@@ -720,11 +720,16 @@ async fn the_dashboard_counts_orders_by_state_and_sums_revenue() {
         "an order the view has no order event of is unknown"
     );
     w.publish(&[late.created(), late.approved()]).await;
+    // Its creation and approval are applied one after the other: wait for the approval.
     let v = h
-        .until(CONSUMERS, "the late order", |v| {
-            v["dashboard"]["orders"] == 6
+        .until(CONSUMERS, "the late order approved", |v| {
+            v["orders"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|o| o["orderId"] == "o-late" && o["state"] == "APPROVED")
+            })
         })
         .await;
+    assert_eq!(v["dashboard"]["orders"], 6);
     assert_eq!(v["dashboard"]["revenue"], "70.00");
     assert_eq!(v["dashboard"]["awaitingOrderEvents"], 0);
     h.stop().await;
