@@ -380,18 +380,18 @@ async fn the_view_matches_the_services_after_a_mixed_scenario_and_after_a_rebuil
         let s = &s;
         let (accepted, ghost, declined, cancelled) = (&accepted, &ghost, &declined, &cancelled);
         async move {
-            let a = s.agrees(accepted).await;
-            assert_eq!(a["state"], "APPROVED", "{label}");
-            assert_eq!(a["payment"]["status"], "AUTHORIZED", "{label}: {a}");
-            // The kitchen's ticket, as the kitchen has it (its event may trail the order's).
-            let mut a = a;
+            // The payment's and the kitchen's events may trail the order's (other
+            // destinations, no order between them): wait for both parts.
+            let mut a = s.agrees(accepted).await;
             for _ in 0..200 {
-                if a["ticket"]["state"] == "ACCEPTED" {
+                if a["ticket"]["state"] == "ACCEPTED" && a["payment"]["status"] == "AUTHORIZED" {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 a = s.agrees(accepted).await;
             }
+            assert_eq!(a["state"], "APPROVED", "{label}");
+            assert_eq!(a["payment"]["status"], "AUTHORIZED", "{label}: {a}");
             let (_, k) = s
                 .call(
                     reqwest::Method::GET,
