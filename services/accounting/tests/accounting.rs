@@ -19,30 +19,18 @@ use ftgo_contracts::{
     commands::{self, AuthorizeCard, OrderRef},
     destinations, events,
 };
+use ftgo_runtime::testing::{self, Reply, Server, collect};
 use futures::future::BoxFuture;
-use keel_chassis::{KeelConfig, Service, ShutdownHandle};
-use keel_messaging::{Bus, Message, Replies, Subscription, handler_fn};
+use keel_messaging::{Bus, Message, Replies, Subscription};
 use keel_saga::REPLY_OUTCOME;
 use keel_store::testing::TempDir;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 struct Accounting {
-    base: String,
-    http: reqwest::Client,
+    server: Server,
     bus: Arc<dyn Bus>,
     replies: Replies,
-    shutdown: ShutdownHandle,
-    server: tokio::task::JoinHandle<Result<(), keel_chassis::Error>>,
     _dir: TempDir,
-}
-
-#[derive(Debug)]
-struct Reply {
-    outcome: String,
-    kind: String,
-    payload: Value,
-    id: String,
 }
 
 impl Accounting {
@@ -55,44 +43,21 @@ impl Accounting {
             account_wait_ms,
             ..AccountingConfig::default()
         };
-        let mut config = KeelConfig::<AccountingConfig>::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.app = app_config.clone();
-        let service = Service::from_config("accounting", config).handle_signals(false);
-        let bound = service.bind().await.unwrap();
-        let addr = bound.local_addr().unwrap();
-        let app = ftgo_accounting::app_with(&app_config, authorizer, bound.shutdown_token())
-            .await
-            .unwrap();
-        bound.spawn(app.background);
-        let shutdown = bound.shutdown_handle();
-        let server = tokio::spawn(bound.serve(app.router));
+        let server = Server::start("accounting", app_config.clone(), |c, stop| async move {
+            ftgo_accounting::app_with(&c, authorizer, stop).await
+        })
+        .await;
         let bus = keel_bus::connect(&app_config.bus).await.unwrap();
         let replies = Replies::start(bus.clone(), "accounting-test")
             .await
             .unwrap();
-        let accounting = Accounting {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+        server.wait_ready().await;
+        Accounting {
+            server,
             bus,
             replies,
-            shutdown,
-            server,
             _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Ok(r) = accounting
-                .http
-                .get(accounting.url("/health/ready"))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return accounting;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("accounting did not become ready");
     }
 
     async fn card_rule() -> Self {
@@ -100,26 +65,15 @@ impl Accounting {
     }
 
     async fn stop(self) {
-        self.shutdown.shutdown();
-        self.server.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.server.url(path)
     }
 
     async fn send(&self, message: Message) -> Reply {
-        let reply = self
-            .replies
-            .request(message, Duration::from_secs(20))
-            .await
-            .expect("a reply");
-        Reply {
-            outcome: reply.header(REPLY_OUTCOME).unwrap_or_default().to_owned(),
-            kind: reply.message_type().unwrap_or_default().to_owned(),
-            payload: reply.payload,
-            id: reply.id,
-        }
+        Reply::request(&self.replies, message).await
     }
 
     async fn authorize(&self, order_id: &str, consumer_id: &str, total: &str) -> Reply {
@@ -149,16 +103,7 @@ impl Accounting {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        if status >= 400 {
-            assert_eq!(
-                r.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        (status, r.json().await.unwrap())
+        self.server.get_strict(path).await
     }
 
     /// Polls `path` until it answers 200 (what an event or a decline record leads to).
@@ -175,13 +120,7 @@ impl Accounting {
 }
 
 fn command(kind: &str, payload: Value) -> Message {
-    let key = payload["orderId"].as_str().unwrap_or("none").to_owned();
-    // A correlation id of its own, so that sending the message again is a true duplicate.
-    Message::new(destinations::ACCOUNTING_COMMANDS, payload)
-        .with_header("correlation-id", keel_messaging::new_id())
-        .with_header("type", kind)
-        .with_header("schema-version", "1")
-        .with_key(key)
+    testing::command(destinations::ACCOUNTING_COMMANDS, kind, payload)
 }
 
 fn authorize_command(order_id: &str, consumer_id: &str, total: &str) -> Message {
@@ -245,21 +184,11 @@ async fn consumer_created_opens_an_account_once() {
     )
     .unwrap()
     .with_key("c-2");
-    let (dlq_tx, mut dlq) = mpsc::unbounded_channel();
-    let dead_letters = a
-        .bus
-        .subscribe(
-            Subscription::new("consumer.events.dlq", "accounting-test"),
-            handler_fn(move |d| {
-                let tx = dlq_tx.clone();
-                async move {
-                    let _ = tx.send(d.message);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (dead_letters, mut dlq) = collect(
+        &a.bus,
+        Subscription::new("consumer.events.dlq", "accounting-test"),
+    )
+    .await;
     a.publish_event(&broken).await;
     a.publish_event(&consumer_created("c-2", "Cy", "")).await;
 
@@ -577,7 +506,13 @@ async fn serves_its_openapi_document() {
     let (status, p) = a.get("/payments").await;
     assert_eq!(status, 404);
     assert_eq!(p["status"], 404);
-    let r = a.http.post(a.url("/payments/o-1")).send().await.unwrap();
+    let r = a
+        .server
+        .http
+        .post(a.url("/payments/o-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     a.stop().await;

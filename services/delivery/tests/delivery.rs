@@ -9,8 +9,8 @@ use ftgo_contracts::{
     events::{self, OrderDetails, TicketAccepted},
 };
 use ftgo_delivery::DeliveryConfig;
-use keel_chassis::{KeelConfig, Service, ShutdownHandle};
-use keel_messaging::{Bus, Consumer, Message, Subscription, handler_fn};
+use ftgo_runtime::testing::{Server, collect};
+use keel_messaging::{Bus, Consumer, Message, Subscription};
 use keel_store::testing::TempDir;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -19,10 +19,7 @@ use tokio::sync::mpsc;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Delivery {
-    base: String,
-    http: reqwest::Client,
-    shutdown: ShutdownHandle,
-    server: tokio::task::JoinHandle<Result<(), keel_chassis::Error>>,
+    server: Server,
 }
 
 fn config(dir: &TempDir, database: Option<&str>, assign_interval_ms: u64) -> DeliveryConfig {
@@ -49,75 +46,28 @@ impl Delivery {
     /// sweeping waiting deliveries every `assign_interval_ms` (never when 0).
     async fn start_with(dir: &TempDir, database: Option<&str>, assign_interval_ms: u64) -> Self {
         let app_config = config(dir, database, assign_interval_ms);
-        let mut config = KeelConfig::<DeliveryConfig>::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.app = app_config.clone();
-        let service = Service::from_config("delivery", config).handle_signals(false);
-        let bound = service.bind().await.unwrap();
-        let addr = bound.local_addr().unwrap();
-        let app = ftgo_delivery::app(&app_config, bound.shutdown_token())
-            .await
-            .unwrap();
-        bound.spawn(app.background);
-        let shutdown = bound.shutdown_handle();
-        let server = tokio::spawn(bound.serve(app.router));
-        let d = Delivery {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            shutdown,
-            server,
-        };
-        for _ in 0..200 {
-            if let Ok(r) = d.http.get(d.url("/health/ready")).send().await
-                && r.status() == 200
-            {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the delivery service did not become ready");
+        let server = Server::start("delivery", app_config, |c, stop| async move {
+            ftgo_delivery::app(&c, stop).await
+        })
+        .await;
+        server.wait_ready().await;
+        Delivery { server }
     }
 
     async fn stop(self) {
-        self.shutdown.shutdown();
-        self.server.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.server.url(path)
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        if status >= 400 {
-            assert_eq!(
-                r.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        (status, r.json().await.unwrap())
+        self.server.get_strict(path).await
     }
 
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status >= 400 {
-            assert_eq!(
-                r.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        (status, r.json().await.unwrap())
+        self.server.post_strict(path, body).await
     }
 
     async fn availability(&self, courier: &str, available: bool) -> (u16, Value) {
@@ -201,21 +151,11 @@ fn order_cancelled(order: &str) -> Message {
 
 /// Collects what is published on delivery.events.
 async fn delivery_events(bus: &Arc<dyn Bus>) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let consumer = bus
-        .subscribe(
-            Subscription::new(destinations::DELIVERY_EVENTS, "delivery-test"),
-            handler_fn(move |d| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(d.message);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    (consumer, rx)
+    collect(
+        bus,
+        Subscription::new(destinations::DELIVERY_EVENTS, "delivery-test"),
+    )
+    .await
 }
 
 /// The next event published, as (type, key, payload).
@@ -373,6 +313,7 @@ async fn without_a_courier_a_delivery_waits_and_is_assigned_on_availability() {
 
     // The metrics are exported.
     let metrics = d
+        .server
         .http
         .get(d.url("/metrics"))
         .send()
@@ -618,6 +559,7 @@ async fn bad_input_is_a_problem_naming_the_field() {
     }
     // Not JSON at all.
     let r = d
+        .server
         .http
         .post(d.url("/couriers/c-1/availability"))
         .body("available=yes")
@@ -668,7 +610,7 @@ async fn bad_input_is_a_problem_naming_the_field() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path}");
     }
-    let r = d.http.get(d.url("/docs")).send().await.unwrap();
+    let r = d.server.http.get(d.url("/docs")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     d.stop().await;
 }

@@ -10,30 +10,17 @@ use ftgo_contracts::{
     destinations, events,
 };
 use ftgo_kitchen::KitchenConfig;
-use keel_chassis::{KeelConfig, Service, ShutdownHandle};
-use keel_messaging::{Bus, Consumer, Message, Replies, Subscription, handler_fn};
-use keel_saga::REPLY_OUTCOME;
+use ftgo_runtime::testing::{self, Reply, Server, collect};
+use keel_messaging::{Bus, Consumer, Message, Replies, Subscription};
 use keel_store::testing::TempDir;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 struct Kitchen {
-    base: String,
-    http: reqwest::Client,
+    server: Server,
     bus: Arc<dyn Bus>,
     replies: Replies,
-    shutdown: ShutdownHandle,
-    server: tokio::task::JoinHandle<Result<(), keel_chassis::Error>>,
     _dir: TempDir,
-}
-
-/// A reply to a command: its outcome, type and payload.
-#[derive(Debug)]
-struct Reply {
-    outcome: String,
-    kind: String,
-    payload: Value,
-    id: String,
 }
 
 impl Kitchen {
@@ -45,63 +32,33 @@ impl Kitchen {
             bus: dir.sqlite_url("bus.db"),
             registration: None,
         };
-        let mut config = KeelConfig::<KitchenConfig>::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.app = app_config.clone();
-        let service = Service::from_config("kitchen", config).handle_signals(false);
-        let bound = service.bind().await.unwrap();
-        let addr = bound.local_addr().unwrap();
-        let app = ftgo_kitchen::app(&app_config, bound.shutdown_token())
-            .await
-            .unwrap();
-        bound.spawn(app.background);
-        let shutdown = bound.shutdown_handle();
-        let server = tokio::spawn(bound.serve(app.router));
+        let server = Server::start("kitchen", app_config.clone(), |c, stop| async move {
+            ftgo_kitchen::app(&c, stop).await
+        })
+        .await;
         let bus = keel_bus::connect(&app_config.bus).await.unwrap();
         let replies = Replies::start(bus.clone(), "kitchen-test").await.unwrap();
-        let kitchen = Kitchen {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+        server.wait_ready().await;
+        Kitchen {
+            server,
             bus,
             replies,
-            shutdown,
-            server,
             _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Ok(r) = kitchen.http.get(kitchen.url("/health/ready")).send().await
-                && r.status() == 200
-            {
-                return kitchen;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("the kitchen did not become ready");
     }
 
     async fn stop(self) {
-        self.shutdown.shutdown();
-        self.server.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.server.url(path)
     }
 
     /// Sends `message` on kitchen.commands (as the order service's orchestrator does) and
     /// waits for the reply.
     async fn send(&self, message: Message) -> Reply {
-        let reply = self
-            .replies
-            .request(message, Duration::from_secs(20))
-            .await
-            .expect("a reply");
-        Reply {
-            outcome: reply.header(REPLY_OUTCOME).unwrap_or_default().to_owned(),
-            kind: reply.message_type().unwrap_or_default().to_owned(),
-            payload: reply.payload,
-            id: reply.id,
-        }
+        Reply::request(&self.replies, message).await
     }
 
     async fn command(&self, kind: &str, payload: Value) -> Reply {
@@ -125,16 +82,7 @@ impl Kitchen {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        if status >= 400 {
-            assert_eq!(
-                r.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        (status, r.json().await.unwrap())
+        self.server.get_strict(path).await
     }
 
     async fn state_of_order(&self, order_id: &str) -> String {
@@ -144,50 +92,23 @@ impl Kitchen {
     }
 
     async fn accept(&self, ticket_id: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(&format!("/tickets/{ticket_id}/accept")))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
+        self.server
+            .post_strict(&format!("/tickets/{ticket_id}/accept"), body)
             .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status >= 400 {
-            assert_eq!(r.headers()["content-type"], "application/problem+json");
-        }
-        (status, r.json().await.unwrap())
     }
 
     /// Collects what is published on kitchen.events.
     async fn events(&self) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let consumer = self
-            .bus
-            .subscribe(
-                Subscription::new(destinations::KITCHEN_EVENTS, "kitchen-test"),
-                handler_fn(move |d| {
-                    let tx = tx.clone();
-                    async move {
-                        let _ = tx.send(d.message);
-                        Ok(())
-                    }
-                }),
-            )
-            .await
-            .unwrap();
-        (consumer, rx)
+        collect(
+            &self.bus,
+            Subscription::new(destinations::KITCHEN_EVENTS, "kitchen-test"),
+        )
+        .await
     }
 }
 
 fn command(kind: &str, payload: Value) -> Message {
-    let key = payload["orderId"].as_str().unwrap_or("none").to_owned();
-    // A correlation id of its own, so that sending the message again is a true duplicate.
-    Message::new(destinations::KITCHEN_COMMANDS, payload)
-        .with_header("correlation-id", keel_messaging::new_id())
-        .with_header("type", kind)
-        .with_header("schema-version", "1")
-        .with_key(key)
+    testing::command(destinations::KITCHEN_COMMANDS, kind, payload)
 }
 
 fn create_ticket_command(order_id: &str, restaurant_id: &str) -> Message {
@@ -366,6 +287,7 @@ async fn accept_rejects_bad_input_naming_the_field() {
     }
     // Not JSON at all.
     let r = k
+        .server
         .http
         .post(k.url(&format!("/tickets/{ticket}/accept")))
         .body("readyBy=soon")

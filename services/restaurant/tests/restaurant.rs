@@ -10,21 +10,17 @@ use ftgo_contracts::{
     events::{self, MenuStockChanged, OrderDetails},
 };
 use ftgo_restaurant::{RestaurantConfig, app};
-use keel_chassis::{KeelConfig, Service, ShutdownHandle};
-use keel_messaging::{Bus, Message, Subscription, handler_fn, headers};
+use ftgo_runtime::testing::{Server, Tap};
+use keel_messaging::{Bus, Message, headers};
 use keel_store::{Store, testing::TempDir};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Running {
-    base: String,
-    http: reqwest::Client,
+    server: Server,
     bus: Arc<dyn Bus>,
     store: Store,
-    shutdown: ShutdownHandle,
-    task: tokio::task::JoinHandle<Result<(), keel_chassis::Error>>,
     _dir: TempDir,
 }
 
@@ -36,63 +32,33 @@ impl Running {
             bus: dir.sqlite_url("bus.db"),
             registration: None,
         };
-        let mut keel = KeelConfig::<RestaurantConfig>::default();
-        keel.server.listen = "127.0.0.1:0".parse().unwrap();
-        keel.app = config.clone();
-        let service = Service::from_config("restaurant", keel).handle_signals(false);
-        let started = app(&config, service.shutdown_token()).await.unwrap();
-        service.spawn(started.background);
-        let bound = service.bind().await.unwrap();
-        let addr = bound.local_addr().unwrap();
-        let shutdown = bound.shutdown_handle();
-        let task = tokio::spawn(bound.serve(started.router));
+        let server = Server::start("restaurant", config.clone(), |c, stop| async move {
+            app(&c, stop).await
+        })
+        .await;
         let bus = keel_bus::connect(&config.bus).await.unwrap();
         Self {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            store: server.store.clone(),
+            server,
             bus,
-            store: started.store,
-            shutdown,
-            task,
             _dir: dir,
         }
     }
 
     async fn stop(self) {
-        self.shutdown.shutdown();
-        self.task.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        status_json(res).await
+        self.server.post(path, body).await
     }
 
     async fn post_raw(&self, path: &str, body: &str, content_type: Option<&str>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .body(body.to_owned());
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        status_json(req.send().await.unwrap()).await
+        self.server.post_raw(path, body, content_type).await
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        status_json(res).await
+        self.server.get(path).await
     }
 
     async fn create(&self, body: Value) -> String {
@@ -104,74 +70,8 @@ impl Running {
     /// Receives every message published to `destination` from now on (and before: a new
     /// group starts at the oldest retained message).
     async fn tap(&self, destination: &str) -> Tap {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let consumer = self
-            .bus
-            .subscribe(
-                Subscription::new(destination, format!("test-{:x}", rand_u64())),
-                handler_fn(move |d| {
-                    let tx = tx.clone();
-                    async move {
-                        let _ = tx.send(d.message);
-                        Ok(())
-                    }
-                }),
-            )
-            .await
-            .unwrap();
-        Tap {
-            rx,
-            _consumer: consumer,
-        }
+        Tap::new(&self.bus, destination).await
     }
-}
-
-fn rand_u64() -> u64 {
-    // Unique enough for consumer-group names within one test run.
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ (u64::from(std::process::id()) << 32)
-}
-
-struct Tap {
-    rx: mpsc::UnboundedReceiver<Message>,
-    _consumer: keel_messaging::Consumer,
-}
-
-impl Tap {
-    async fn next(&mut self) -> Message {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("no message within the wait")
-            .unwrap()
-    }
-
-    async fn nothing_more(&mut self) {
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1500), self.rx.recv()).await
-        {
-            panic!("unexpected message {m:?}");
-        }
-    }
-}
-
-async fn status_json(res: reqwest::Response) -> (u16, Value) {
-    let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let text = res.text().await.unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    if status >= 400 {
-        assert!(
-            ct.starts_with("application/problem+json"),
-            "{status} {ct}: {v}"
-        );
-    }
-    (status, v)
 }
 
 fn order(order_id: &str, restaurant_id: &str, lines: &[(&str, u32)]) -> OrderDetails {

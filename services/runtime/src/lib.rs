@@ -3,6 +3,8 @@
 //! a service's store, bus and outbox relay ([`start`]), and the run loop that serves it
 //! with a readiness check and registry registration ([`run`]).
 
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 use std::{future::Future, io, sync::Arc};
