@@ -468,3 +468,74 @@ async fn outbox_and_publish_carry_the_current_trace_context() {
         c.stop().await;
     }
 }
+
+/// A handled message's number and the trace context current while it was handled.
+type Seen = (i64, Option<keel_messaging::trace::TraceHeaders>);
+
+type Work<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), keel_messaging::HandlerError>> + Send + 'a>,
+>;
+
+/// The test's scope: the carried context becomes the task's current one (the chassis's
+/// scope does the same with its own task-local, plus a span).
+fn test_scope(cx: keel_messaging::trace::TraceHeaders, work: Work<'_>) -> Work<'_> {
+    Box::pin(TRACE.scope(cx, work))
+}
+
+#[tokio::test]
+async fn handlers_run_in_the_trace_the_message_carries() {
+    use keel_messaging::headers::{TRACEPARENT, TRACESTATE};
+    keel_messaging::trace::set_scope(test_scope);
+    let dir = TempDir::new("trace-scope");
+    let bus = SqliteBus::open(&dir.sqlite_url("bus.db")).await.unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+    let s = seen.clone();
+    let c = bus
+        .subscribe(
+            Subscription::new("scoped", "g"),
+            keel_messaging::handler_fn(move |d: Delivery| {
+                let s = s.clone();
+                async move {
+                    let n = d.message.payload["n"].as_i64().unwrap_or(-1);
+                    s.lock().unwrap().push((n, current_trace()));
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let traced = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    bus.publish(
+        &Message::new("scoped", json!({"n": 1}))
+            .with_key("k")
+            .with_header(TRACEPARENT, traced)
+            .with_header(TRACESTATE, "keel=t"),
+    )
+    .await
+    .unwrap();
+    bus.publish(&Message::new("scoped", json!({"n": 2})).with_key("k"))
+        .await
+        .unwrap();
+    for _ in 0..400 {
+        if seen.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                1,
+                Some(keel_messaging::trace::TraceHeaders {
+                    traceparent: traced.into(),
+                    tracestate: Some("keel=t".into()),
+                })
+            ),
+            // Without a context in the message, none while handling it.
+            (2, None),
+        ]
+    );
+    c.stop().await;
+}

@@ -94,7 +94,12 @@ pub async fn handle_catching_panics(
     delivery: Delivery,
 ) -> Result<(), HandlerError> {
     use futures::FutureExt;
-    let fut = std::panic::AssertUnwindSafe(async move { handler.handle(delivery).await });
+    // Built inside, so a panic while building the handler's future is caught as well; run in
+    // the trace the message carries (see `trace::set_scope`).
+    let carried = crate::trace::extract(&delivery.message.headers);
+    let fut = std::panic::AssertUnwindSafe(async move {
+        crate::trace::in_scope(carried, handler.handle(delivery)).await
+    });
     match fut.catch_unwind().await {
         Ok(outcome) => outcome,
         Err(panic) => Err(HandlerError::from_panic(panic.as_ref())),

@@ -17,10 +17,17 @@
 //! current context to every message that has no `traceparent` header yet ([`inject`]); a
 //! message that already has one keeps it. Without a source nothing is added, and callers can
 //! always set the headers themselves.
+//!
+//! The other direction: a consumed message's handler runs inside the trace the message
+//! carries once the service sets a [`Scope`] ([`set_scope`]) — the chassis's runs the
+//! handler with a child of the message's context as the current one, so its logs carry the
+//! trace id and what it sends continues the trace.
 
 use std::{collections::BTreeMap, sync::RwLock};
 
-use crate::message::headers;
+use futures::future::BoxFuture;
+
+use crate::{HandlerError, message::headers};
 
 /// The trace headers of the current unit of work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,42 @@ pub fn inject(message_headers: &mut BTreeMap<String, String>) -> bool {
         message_headers.insert(headers::TRACESTATE.to_owned(), state);
     }
     true
+}
+
+/// Runs a handler's work (the future) inside the trace context a message carries.
+pub type Scope = for<'a> fn(
+    TraceHeaders,
+    BoxFuture<'a, Result<(), HandlerError>>,
+) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+static SCOPE: RwLock<Option<Scope>> = RwLock::new(None);
+
+/// Sets (or replaces) the process-wide [`Scope`] handlers run in.
+pub fn set_scope(scope: Scope) {
+    *SCOPE.write().unwrap_or_else(|p| p.into_inner()) = Some(scope);
+}
+
+/// The trace context `message_headers` carry, if any.
+pub fn extract(message_headers: &BTreeMap<String, String>) -> Option<TraceHeaders> {
+    message_headers
+        .get(headers::TRACEPARENT)
+        .map(|traceparent| TraceHeaders {
+            traceparent: traceparent.clone(),
+            tracestate: message_headers.get(headers::TRACESTATE).cloned(),
+        })
+}
+
+/// `work` inside the scope of `carried` (the consumed message's context), when both a scope
+/// is set and the message carries a context; else `work` as it is.
+pub(crate) fn in_scope<'a>(
+    carried: Option<TraceHeaders>,
+    work: BoxFuture<'a, Result<(), HandlerError>>,
+) -> BoxFuture<'a, Result<(), HandlerError>> {
+    let scope = *SCOPE.read().unwrap_or_else(|p| p.into_inner());
+    match (scope, carried) {
+        (Some(scope), Some(cx)) => scope(cx, work),
+        _ => work,
+    }
 }
 
 #[cfg(test)]

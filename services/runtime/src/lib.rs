@@ -149,6 +149,7 @@ where
             tracestate: cx.tracestate,
         })
     });
+    keel_messaging::trace::set_scope(message_scope);
     let registration = registration(&config);
     let running = app(config, chassis.shutdown_token())
         .await
@@ -179,6 +180,27 @@ where
         bound.spawn(registrar.run(bound.draining_token()));
     }
     bound.serve(running.router).await
+}
+
+/// Runs a message handler as a child span of the trace the message carries: the current
+/// trace context while it runs (what it publishes or calls continues the trace) and a
+/// `message.handle` span with the trace and span ids, so its log lines carry them.
+fn message_scope<'a>(
+    carried: keel_messaging::trace::TraceHeaders,
+    work: BoxFuture<'a, Result<(), keel_messaging::HandlerError>>,
+) -> BoxFuture<'a, Result<(), keel_messaging::HandlerError>> {
+    use tracing::Instrument;
+    let parent = keel_chassis::trace_context::TraceParent::parse(&carried.traceparent);
+    let cx = keel_chassis::trace_context::TraceContext::continue_from(
+        parent,
+        parent.and(carried.tracestate),
+    );
+    let span = tracing::info_span!(
+        "message.handle",
+        trace_id = %cx.trace_id_hex(),
+        span_id = %cx.span_id_hex()
+    );
+    Box::pin(keel_chassis::trace_context::scope(cx, work).instrument(span))
 }
 
 #[cfg(test)]
