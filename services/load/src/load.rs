@@ -115,6 +115,8 @@ pub struct Fixture {
     pub unlimited_item: String,
     /// Units of the stocked item taken by the approved warm-up order (not in any report).
     pub warm_up_units: u64,
+    /// The approved warm-up order.
+    pub warm_up_order: Option<String>,
 }
 
 /// The stock the run's restaurant starts with.
@@ -166,8 +168,9 @@ pub async fn prepare(systems: &Systems, consumers: usize) -> Result<Fixture, Str
         stocked_item: ("bowl".into(), STARTING_STOCK),
         unlimited_item: "tea".into(),
         warm_up_units: 0,
+        warm_up_order: None,
     };
-    warm_up(systems, &fixture).await?;
+    fixture.warm_up_order = Some(warm_up(systems, &fixture).await?);
     fixture.warm_up_units = 1;
     Ok(fixture)
 }
@@ -180,8 +183,9 @@ fn field(v: &Value, name: &str) -> Result<String, String> {
 }
 
 /// Places orders of the last consumer until one is approved: then accounting knows the
-/// consumers and order's replica knows the restaurant. The warm-up orders are not counted.
-async fn warm_up(systems: &Systems, f: &Fixture) -> Result<(), String> {
+/// consumers and order's replica knows the restaurant. The warm-up orders are not counted;
+/// the approved one's id is returned.
+async fn warm_up(systems: &Systems, f: &Fixture) -> Result<String, String> {
     let start = Instant::now();
     let consumer = f.consumers.last().cloned().unwrap_or_default();
     loop {
@@ -202,7 +206,7 @@ async fn warm_up(systems: &Systems, f: &Fixture) -> Result<(), String> {
             .wait_terminal(&id, Instant::now() + Duration::from_secs(20))
             .await?;
         if state == "APPROVED" {
-            return Ok(());
+            return Ok(id);
         }
         if start.elapsed() > Duration::from_secs(30) {
             return Err(format!(
