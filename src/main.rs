@@ -153,23 +153,9 @@ impl LoadArgs {
     }
 }
 
-/// `250ms`, `5s`, `2m` or plain seconds.
+/// A duration flag (`500ms`, `30s`, `2m`; a bare number is milliseconds): Keel's one parser.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration such as 500ms, 30s or 2m, got {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    keel_chassis::duration::parse(s)
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,7 @@
 //! See `docs/chassis.md` for the whole story.
 
 pub mod config;
+pub mod duration;
 pub mod health;
 pub mod json;
 pub mod openapi;

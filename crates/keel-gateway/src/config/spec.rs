@@ -201,81 +201,10 @@ pub(crate) fn duration(v: &Value) -> Result<Duration, String> {
     }
 }
 
-/// Parses a duration from text (see [`duration`]).
+/// Parses a duration from text (see [`duration`]): Keel's one parser,
+/// [`keel_chassis::duration::parse`].
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(ms) = t.parse::<u64>() {
-        return Ok(Duration::from_millis(ms));
-    }
-    if let Some(iso) = t.strip_prefix("PT").or_else(|| t.strip_prefix("pt")) {
-        return parse_iso(iso).ok_or_else(|| format!("{s:?} is not a duration"));
-    }
-    let text = t.strip_suffix('d').map(|d| (d, 86_400.0));
-    if let Some((days, mult)) = text
-        && let Ok(n) = days.trim().parse::<f64>()
-        && n.is_finite()
-        && n >= 0.0
-    {
-        return Duration::try_from_secs_f64(n * mult).map_err(|e| e.to_string());
-    }
-    parse_humane(t).ok_or_else(|| {
-        format!("{s:?} is not a duration (use e.g. 250ms, 5s, 1m30s, or a number of milliseconds)")
-    })
-}
-
-/// `250ms`, `1.5s`, `1m30s`, `2h`, `10us`, `5ns`.
-fn parse_humane(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..end].parse().ok()?;
-        rest = &rest[end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match rest[..unit_end].trim() {
-            "h" => 3600.0,
-            "m" | "min" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += n * secs;
-        rest = &rest[unit_end..];
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
-fn parse_iso(s: &str) -> Option<Duration> {
-    let mut total = 0.0f64;
-    let mut num = String::new();
-    for c in s.chars() {
-        match c {
-            '0'..='9' | '.' => num.push(c),
-            'H' | 'h' | 'M' | 'm' | 'S' | 's' => {
-                let n: f64 = num.parse().ok()?;
-                num.clear();
-                total += n * match c.to_ascii_uppercase() {
-                    'H' => 3600.0,
-                    'M' => 60.0,
-                    _ => 1.0,
-                };
-            }
-            _ => return None,
-        }
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Duration::try_from_secs_f64(total).ok()
+    keel_chassis::duration::parse(s)
 }
 
 /// A size in bytes: a number, or Spring's `DataSize` (`512B`, `8KB`, `5MB`, `1GB`).
