@@ -1,8 +1,9 @@
 //! `keel bench bus --backend <url>`: one producer, one consumer group. Measures
-//! end-to-end throughput (publish → handled) and latency at a fixed rate, beside a
-//! baseline doing the same work without Keel in the same run: for SQLite, raw inserts and
-//! reads of the same rows; for NATS, the raw `async-nats` JetStream client publishing and
-//! pulling the same messages.
+//! end-to-end throughput (first publish → all handled) in two shapes — the group consuming
+//! while messages are published, and the group draining a backlog published before it
+//! started — and latency at a fixed rate, beside a baseline doing the same work without Keel
+//! in the same run: for SQLite, raw inserts and reads of the same rows; for NATS, the raw
+//! `async-nats` JetStream client publishing and pulling the same messages in both shapes.
 
 use std::{
     sync::{
@@ -43,6 +44,79 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// When the consumer group runs relative to the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The group is subscribed before the first publish and consumes while messages arrive.
+    Live,
+    /// Everything is published first; then the group starts and drains the backlog.
+    Backlog,
+}
+
+/// One throughput run's figures.
+struct Throughput {
+    rate: f64,
+    published: Duration,
+    total: Duration,
+}
+
+/// Publishes `opts.messages` to `dest` (64 keys, batches of `opts.batch`) and measures until one
+/// consumer group has handled them all, from the first publish.
+async fn throughput(
+    bus: &dyn keel_messaging::Bus,
+    opts: &Options,
+    dest: &str,
+    shape: Shape,
+) -> Result<Throughput, String> {
+    let handled = Arc::new(AtomicU64::new(0));
+    let subscribe = || {
+        let h = handled.clone();
+        bus.subscribe(
+            Subscription::new(dest.to_owned(), "bench"),
+            handler_fn(move |_d: Delivery| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            }),
+        )
+    };
+    let mut consumer = None;
+    if shape == Shape::Live {
+        consumer = Some(subscribe().await.map_err(|e| e.to_string())?);
+        tokio::time::sleep(Duration::from_millis(700)).await; // partition assignment
+    }
+    let msgs: Vec<Message> = (0..opts.messages)
+        .map(|n| Message::new(dest.to_owned(), payload(n)).with_key(format!("k{}", n % 64)))
+        .collect();
+    let start = Instant::now();
+    for chunk in msgs.chunks(opts.batch.max(1)) {
+        let (n, err) = bus.publish_all(chunk).await;
+        if let Some(e) = err {
+            return Err(format!("publish failed after {n}: {e}"));
+        }
+    }
+    let published = start.elapsed();
+    let consumer = match consumer {
+        Some(c) => c,
+        None => subscribe().await.map_err(|e| e.to_string())?,
+    };
+    while handled.load(Ordering::Relaxed) < opts.messages as u64 {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err("consumer did not finish within 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let total = start.elapsed();
+    consumer.stop().await;
+    Ok(Throughput {
+        rate: opts.messages as f64 / total.as_secs_f64(),
+        published,
+        total,
+    })
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run(opts: Options) -> Result<(), String> {
     let bus = keel_bus::connect(&opts.backend)
@@ -59,44 +133,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
         opts.seconds
     );
 
-    // Throughput: publish everything, measure until the group has handled it all.
-    let dest = format!("bench.tp.{tag}");
-    let handled = Arc::new(AtomicU64::new(0));
-    let h = handled.clone();
-    let consumer = bus
-        .subscribe(
-            Subscription::new(dest.clone(), "bench"),
-            handler_fn(move |_d: Delivery| {
-                let h = h.clone();
-                async move {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::time::sleep(Duration::from_millis(700)).await; // partition assignment
-    let msgs: Vec<Message> = (0..opts.messages)
-        .map(|n| Message::new(dest.clone(), payload(n)).with_key(format!("k{}", n % 64)))
-        .collect();
-    let start = Instant::now();
-    for chunk in msgs.chunks(opts.batch.max(1)) {
-        let (n, err) = bus.publish_all(chunk).await;
-        if let Some(e) = err {
-            return Err(format!("publish failed after {n}: {e}"));
-        }
-    }
-    let published = start.elapsed();
-    while handled.load(Ordering::Relaxed) < opts.messages as u64 {
-        if start.elapsed() > Duration::from_secs(300) {
-            return Err("consumer did not finish within 300 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let total = start.elapsed();
-    consumer.stop().await;
-    let keel_rate = opts.messages as f64 / total.as_secs_f64();
+    // Throughput in two shapes: consuming while publishing (a live system), and publishing
+    // everything before the group starts (catching up on a backlog).
+    let live = throughput(&*bus, &opts, &format!("bench.tp.{tag}"), Shape::Live).await?;
+    let backlog = throughput(&*bus, &opts, &format!("bench.bl.{tag}"), Shape::Backlog).await?;
+    let keel_rate = live.rate;
 
     // Latency at a fixed rate.
     let dest = format!("bench.lat.{tag}");
@@ -135,55 +176,83 @@ pub async fn run(opts: Options) -> Result<(), String> {
     consumer.stop().await;
     let lat = samples.lock().unwrap().clone();
 
-    // Baseline.
-    let mut layout = None;
-    let (base_name, base_rate) = if opts.backend.starts_with("sqlite:") {
+    // Baselines, measured after Keel's runs in the same process.
+    let (base_name, base_live, base_backlog, layout) = if opts.backend.starts_with("sqlite:") {
         (
-            "raw SQLite inserts + reads of the same rows",
+            "raw SQLite inserts, then reads of the same rows",
+            None,
             sqlite_baseline(&opts).await?,
+            None,
         )
     } else if opts.backend.starts_with("nats:") {
         remove_nats_streams(&opts.backend, &tag).await;
-        layout = Some(nats_layout_baseline(&opts, &tag).await?);
+        let layout = nats_layout_baseline(&opts, &tag).await?;
         (
-            "raw async-nats JetStream publish + pull",
-            nats_baseline(&opts, &tag).await?,
+            "raw async-nats JetStream: one stream, one pull consumer (1,000 unacknowledged)",
+            Some(nats_baseline(&opts, &tag, Shape::Live).await?),
+            nats_baseline(&opts, &tag, Shape::Backlog).await?,
+            Some(layout),
         )
     } else {
-        ("none", 0.0)
+        ("none", None, 0.0, None)
     };
-
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!(
-        "  keel: {keel_rate:>10.0} msg/s end to end (published in {}, all handled in {})",
-        ms(published),
-        ms(total)
+        "  {:<44} {:>22} {:>22}",
+        "msg/s", "consuming while publishing", "publish all, then drain"
     );
-    println!("  base: {base_rate:>10.0} msg/s — {base_name}");
+    let row = |name: &str, live: Option<f64>, backlog: Option<f64>| {
+        let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        println!("  {name:<44} {:>22} {:>22}", f(live), f(backlog));
+    };
+    row(
+        &format!("keel ({})", bus.backend()),
+        Some(live.rate),
+        Some(backlog.rate),
+    );
+    row(&format!("base: {base_name}"), base_live, Some(base_backlog));
     if let Some(rate) = layout {
+        row(
+            "base: raw async-nats on the NATS bus's layout",
+            Some(rate),
+            None,
+        );
         println!(
-            "  layout: {rate:>8.0} msg/s — raw async-nats on the NATS bus's wire layout ({LAYOUT_PARTITIONS} \
-             partition streams, envelope bodies with Nats-Msg-Id, one unacknowledged message per \
-             partition, consuming while publishing)"
+            "    (layout: {LAYOUT_PARTITIONS} partition streams, envelope bodies with Nats-Msg-Id, one \
+             unacknowledged message per partition)"
         );
     }
+    println!(
+        "  keel published {} messages in {}, all handled in {} (consuming while publishing)",
+        opts.messages,
+        ms(live.published),
+        ms(live.total)
+    );
     println!(
         "  latency at {} msg/s, publish → handled: {}",
         opts.rate,
         lat.summary()
     );
-    println!(
-        "summary: {} {:.0} msg/s vs baseline {:.0} msg/s ({:.2}×); p99 {} at {} msg/s",
-        bus.backend(),
-        keel_rate,
-        base_rate,
-        if base_rate > 0.0 {
-            keel_rate / base_rate
-        } else {
-            0.0
-        },
+    let mut summary = format!("summary: {} {keel_rate:.0} msg/s", bus.backend());
+    match base_live {
+        Some(b) => summary.push_str(&format!(
+            " vs baseline {b:.0} msg/s ({:.2}×) consuming while publishing; backlog {:.0} vs {base_backlog:.0} msg/s ({:.2}×)",
+            ratio(keel_rate, b),
+            backlog.rate,
+            ratio(backlog.rate, base_backlog)
+        )),
+        None => summary.push_str(&format!(
+            " vs baseline {base_backlog:.0} msg/s ({:.2}×); backlog {:.0} msg/s",
+            ratio(keel_rate, base_backlog),
+            backlog.rate
+        )),
+    }
+    summary.push_str(&format!(
+        "; p99 {} at {} msg/s",
         ms(lat.percentile(99.0)),
         opts.rate
-    );
+    ));
+    println!("{summary}");
     Ok(())
 }
 
@@ -259,15 +328,22 @@ async fn sqlite_baseline(opts: &Options) -> Result<f64, String> {
     Ok(read as f64 / elapsed.as_secs_f64())
 }
 
-/// The raw JetStream client publishing the same messages (acked) and pulling them back.
-async fn nats_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
+/// The raw JetStream client publishing the same messages (acknowledged, pipelined per batch)
+/// into one stream and pulling them back with one durable consumer (up to 1,000
+/// unacknowledged), in the given shape.
+async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, String> {
     use futures::StreamExt;
     let client = async_nats::connect(&opts.backend)
         .await
         .map_err(|e| e.to_string())?;
     let js = async_nats::jetstream::new(client);
-    let stream_name = format!("BENCH_BASE_{tag}");
-    let subject = format!("bench.base.{tag}");
+    let which = if shape == Shape::Live {
+        "LIVE"
+    } else {
+        "BACKLOG"
+    };
+    let stream_name = format!("BENCH_BASE_{which}_{tag}");
+    let subject = format!("bench.base.{which}.{tag}");
     let stream = js
         .get_or_create_stream(async_nats::jetstream::stream::Config {
             name: stream_name.clone(),
@@ -283,6 +359,26 @@ async fn nats_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
         })
         .await
         .map_err(|e| e.to_string())?;
+    let want = opts.messages;
+    let drain = async move {
+        let mut got = 0usize;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while got < want {
+            let Some(m) = messages.next().await else {
+                break;
+            };
+            let m = m.map_err(|e| e.to_string())?;
+            let _: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            m.ack().await.map_err(|e| e.to_string())?;
+            got += 1;
+        }
+        Ok::<usize, String>(got)
+    };
+    let mut drain = Some(drain);
+    let mut live = None;
+    if shape == Shape::Live {
+        live = drain.take().map(tokio::spawn);
+    }
     let start = Instant::now();
     for chunk in (0..opts.messages)
         .collect::<Vec<_>>()
@@ -301,17 +397,11 @@ async fn nats_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
             a.await.map_err(|e| e.to_string())?;
         }
     }
-    let mut got = 0usize;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while got < opts.messages {
-        let Some(m) = messages.next().await else {
-            break;
-        };
-        let m = m.map_err(|e| e.to_string())?;
-        let _: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        m.ack().await.map_err(|e| e.to_string())?;
-        got += 1;
-    }
+    let got = match (live, drain) {
+        (Some(task), _) => task.await.map_err(|e| e.to_string())??,
+        (None, Some(drain)) => drain.await?,
+        (None, None) => 0,
+    };
     let elapsed = start.elapsed();
     let _ = js.delete_stream(&stream_name).await;
     Ok(got as f64 / elapsed.as_secs_f64())
@@ -323,7 +413,11 @@ async fn remove_nats_streams(url: &str, tag: &str) {
         return;
     };
     let partitions = bus.settings().partitions;
-    for dest in [format!("bench.tp.{tag}"), format!("bench.lat.{tag}")] {
+    for dest in [
+        format!("bench.tp.{tag}"),
+        format!("bench.bl.{tag}"),
+        format!("bench.lat.{tag}"),
+    ] {
         for p in 0..partitions {
             let _ = bus
                 .jetstream()

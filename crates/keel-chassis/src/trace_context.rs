@@ -153,17 +153,23 @@ impl TraceContext {
 
     /// The `traceparent` value naming this span as the parent.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            self.flags
-        )
+        String::from_utf8(self.traceparent_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// `traceparent` as bytes, built without formatting machinery (it is written on every
+    /// proxied request).
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
+        out
     }
 
     /// Writes `traceparent` (and `tracestate`, when present) into `headers`.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.traceparent()) {
+        if let Ok(v) = HeaderValue::from_bytes(&self.traceparent_bytes()) {
             headers.insert(TRACEPARENT, v);
         }
         if let Some(state) = self
@@ -239,7 +245,7 @@ where
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
     loop {
-        let v: [u8; N] = std::array::from_fn(|_| rand::random::<u8>());
+        let v: [u8; N] = rand::random();
         if v.iter().any(|b| *b != 0) {
             return v;
         }
@@ -247,13 +253,18 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
 }
 
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `bytes` as lowercase hex digits into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0xf) as usize];
     }
-    s
 }
 
 fn decode_hex(s: &str, out: &mut [u8]) -> Option<()> {
@@ -284,6 +295,24 @@ mod tests {
         assert_eq!(hex(&p.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex(&p.parent_id), "00f067aa0ba902b7");
         assert_eq!(p.flags, 1);
+    }
+
+    #[test]
+    fn formats_traceparent_as_the_spec_does() {
+        let p = TraceParent::parse(TP).unwrap();
+        let cx = TraceContext {
+            trace_id: p.trace_id,
+            span_id: p.parent_id,
+            parent_span_id: None,
+            flags: 1,
+            tracestate: None,
+        };
+        assert_eq!(cx.traceparent(), TP);
+        let mut h = HeaderMap::new();
+        cx.write_headers(&mut h);
+        assert_eq!(h[TRACEPARENT], TP);
+        let sampled_out = TraceContext { flags: 0, ..cx };
+        assert!(sampled_out.traceparent().ends_with("-00"));
     }
 
     #[test]

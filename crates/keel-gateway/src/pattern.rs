@@ -75,6 +75,9 @@ pub struct Pattern {
     segs: Vec<Seg>,
     names: Vec<Box<str>>,
     match_trailing_sep: bool,
+    /// The leading literal segments joined by the separator: every match starts with it, so
+    /// most non-matching inputs are turned away by one comparison.
+    prefix: Box<str>,
 }
 
 impl fmt::Debug for Pattern {
@@ -134,6 +137,15 @@ impl Pattern {
         out
     }
 
+    /// The first segment when it is literal (`api` for `/api/**`): every input the pattern
+    /// matches has it as its first segment.
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segs.first() {
+            Some(Seg::Literal(l)) => Some(l),
+            _ => None,
+        }
+    }
+
     fn parse(source: &str, body: &str, sep: u8, trailing: bool) -> Result<Self, PatternError> {
         let err = |reason: &str| PatternError {
             pattern: source.to_owned(),
@@ -156,12 +168,21 @@ impl Pattern {
             }
             segs.push(seg);
         }
+        let mut prefix = String::new();
+        for (n, seg) in segs.iter().enumerate() {
+            let Seg::Literal(l) = seg else { break };
+            if n > 0 {
+                prefix.push(sep as char);
+            }
+            prefix.push_str(l);
+        }
         Ok(Self {
             source: source.into(),
             sep,
             segs,
             names,
             match_trailing_sep: trailing,
+            prefix: prefix.into(),
         })
     }
 
@@ -194,6 +215,9 @@ impl Pattern {
     }
 
     fn run_body(&self, body: &str, capture: bool) -> Option<Captures> {
+        if !body.starts_with(&*self.prefix) {
+            return None;
+        }
         // Segment boundaries in `body` (start, end), inline for short inputs.
         let mut bounds = smallvec::SmallVec::new();
         let mut start = 0;
@@ -496,6 +520,35 @@ fn first_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The literal-prefix shortcut never changes an answer.
+        #[test]
+        fn the_prefix_shortcut_changes_no_answer(
+            pattern in "(/(api|v1|a|\\{id\\}|\\*|\\*\\*|[a-b]{1,2})){0,4}/?",
+            input in "(/(api|v1|a|b|ab|x)){0,5}/?",
+        ) {
+            if let Ok(p) = Pattern::path(&pattern, true) {
+                let mut full = p.clone();
+                full.prefix = "".into();
+                proptest::prop_assert_eq!(p.captures(&input), full.captures(&input));
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefix_is_the_leading_literal_segments() {
+        assert_eq!(
+            &*Pattern::path("/api/v1/{id}/**", true).unwrap().prefix,
+            "api/v1"
+        );
+        assert_eq!(&*Pattern::path("/**", true).unwrap().prefix, "");
+        assert_eq!(&*Pattern::host("{sub}.example.org").unwrap().prefix, "");
+        assert_eq!(
+            &*Pattern::host("www.example.org").unwrap().prefix,
+            "www.example.org"
+        );
+    }
 
     fn m(p: &str, path: &str) -> bool {
         Pattern::path(p, true).unwrap().is_match(path)

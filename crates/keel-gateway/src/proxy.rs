@@ -15,7 +15,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{self, Entry},
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -166,7 +167,7 @@ pub(crate) struct Handled {
     pub(crate) response: Response<Body>,
     pub(crate) route: Option<Arc<str>>,
     /// The trace this request belongs to (for the access log).
-    pub(crate) trace_id: String,
+    pub(crate) trace: TraceContext,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -181,26 +182,29 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers (and those the `Connection` header lists). `Upgrade` is kept
-/// for WebSocket handshakes.
+/// for WebSocket handshakes. One pass over the names finds what to remove, so the common
+/// case — none present — costs no lookups.
 fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && *n == header::UPGRADE))
-        .collect();
-    for n in listed {
-        h.remove(n);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in h.iter() {
+        if *name == header::CONNECTION {
+            let listed = value
+                .to_str()
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .filter(|n| !(upgrade && *n == header::UPGRADE));
+            doomed.extend(listed);
+        }
+        if HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE) {
+            doomed.push(name.clone());
+        }
     }
-    for n in &HOP_BY_HOP {
+    for n in doomed {
         h.remove(n);
     }
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
     }
 }
 
@@ -239,7 +243,6 @@ impl Proxy {
         }
         let deadline = Deadline::from_headers(&headers, Instant::now());
         let trace = TraceContext::from_headers(&headers);
-        let trace_id = trace.trace_id_hex();
         let ex = Exchange {
             method: parts.method,
             version: parts.version,
@@ -260,7 +263,7 @@ impl Proxy {
         };
         let trace = ex.trace.clone();
         let (mut response, route) = keel_chassis::trace_context::scope(
-            trace,
+            trace.clone(),
             self.dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade),
         )
         .await;
@@ -270,7 +273,7 @@ impl Proxy {
         Handled {
             response,
             route,
-            trace_id,
+            trace,
         }
     }
 
@@ -622,7 +625,7 @@ impl Proxy {
                 authority,
                 h2c,
                 tls,
-            } => (authority.to_string(), *h2c, *tls, None),
+            } => (authority.clone(), *h2c, *tls, None),
             Target::Lb { service } => {
                 let balancer = self
                     .balancer
@@ -632,7 +635,11 @@ impl Proxy {
                     .pick(service, avoid)
                     .map_err(|e| UpstreamError::NoInstance(e.service))?;
                 let tls = pick.instance.secure;
-                (pick.instance.authority(), false, tls, Some(pick))
+                let authority: http::uri::Authority =
+                    pick.instance.authority().parse().map_err(|e| {
+                        UpstreamError::Other(format!("invalid upstream authority: {e}"))
+                    })?;
+                (authority, false, tls, Some(pick))
             }
             _ => return Err(UpstreamError::Other("not an upstream route".into())),
         };
@@ -648,7 +655,7 @@ impl Proxy {
             } else {
                 let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
                 self.pool
-                    .send(&authority, tls, connect, req)
+                    .send(authority.as_str(), tls, connect, req)
                     .await
                     .map_err(|e| match e {
                         PoolError::Connect(m) => UpstreamError::Connect(m),
@@ -682,16 +689,12 @@ impl Proxy {
     fn upstream_request(
         &self,
         ex: &Exchange,
-        authority: &str,
+        authority: &http::uri::Authority,
         body: Body,
     ) -> Result<Request<Body>, UpstreamError> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(
-            authority
-                .parse()
-                .map_err(|e| UpstreamError::Other(format!("invalid upstream authority: {e}")))?,
-        );
+        parts.authority = Some(authority.clone());
         parts.path_and_query = Some(
             http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(ex.path_and_query()))
                 .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?,
@@ -703,22 +706,29 @@ impl Proxy {
         strip_hop_by_hop(&mut headers, upgrade);
         let host = match (&ex.host, ex.preserve_host) {
             (Some(h), true) => h.clone(),
-            _ => header_value(authority),
+            _ => header_value(authority.as_str()),
         };
         headers.insert(header::HOST, host);
         let proto = if ex.secure { "https" } else { "http" };
         let client_ip = ex.client.ip().to_string();
         if self.forwarded.x_forwarded {
-            append_list(&mut headers, &X_FORWARDED_FOR, &client_ip);
-            append_list(&mut headers, &X_FORWARDED_PROTO, proto);
+            append_list(&mut headers, &X_FORWARDED_FOR, header_value(&client_ip));
+            append_list(
+                &mut headers,
+                &X_FORWARDED_PROTO,
+                HeaderValue::from_static(proto),
+            );
             if let Some(h) = &ex.host {
+                append_list(&mut headers, &X_FORWARDED_HOST, h.clone());
                 let text = h.to_str().unwrap_or_default();
-                append_list(&mut headers, &X_FORWARDED_HOST, text);
-                let port = text
+                let port = match text
                     .rsplit_once(':')
                     .map(|(_, p)| p)
                     .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-                    .unwrap_or(if ex.secure { "443" } else { "80" });
+                {
+                    Some(p) => header_value(p),
+                    None => HeaderValue::from_static(if ex.secure { "443" } else { "80" }),
+                };
                 append_list(&mut headers, &X_FORWARDED_PORT, port);
             }
             if let Some(prefix) = &ex.prefix {
@@ -731,13 +741,17 @@ impl Proxy {
             } else {
                 client_ip
             };
-            let mut v = format!("for={for_};proto={proto}");
+            let mut v = String::with_capacity(64);
+            v.push_str("for=");
+            v.push_str(&for_);
+            v.push_str(";proto=");
+            v.push_str(proto);
             if let Some(h) = ex.host.as_ref().and_then(|h| h.to_str().ok()) {
                 v.push_str(";host=\"");
                 v.push_str(h);
                 v.push('"');
             }
-            append_list(&mut headers, &FORWARDED, &v);
+            append_list(&mut headers, &FORWARDED, header_value(&v));
         }
         ex.trace.write_headers(&mut headers);
         if let Some(d) = ex.deadline {
@@ -787,14 +801,24 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            let v = format!("{existing}, {value}");
-            headers.insert(name.clone(), header_value(&v));
+/// Appends `value` to the comma-separated list in `name` (one lookup of the name).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        Entry::Occupied(mut o) => {
+            let joined = match (o.get().to_str(), value.to_str()) {
+                (Ok(existing), Ok(new)) if !existing.is_empty() => {
+                    let mut v = String::with_capacity(existing.len() + 2 + new.len());
+                    v.push_str(existing);
+                    v.push_str(", ");
+                    v.push_str(new);
+                    header_value(&v)
+                }
+                _ => value,
+            };
+            o.insert(joined);
         }
-        _ => {
-            headers.insert(name.clone(), header_value(value));
+        Entry::Vacant(v) => {
+            v.insert(value);
         }
     }
 }

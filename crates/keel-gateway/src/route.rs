@@ -11,6 +11,7 @@ use std::{
 
 use http::{Method, uri::Authority};
 use keel_resilience::{CircuitBreaker, classify::StatusSet};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::{
@@ -435,6 +436,12 @@ pub(crate) fn needs_redis(config: &GatewayConfig) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
     pub(crate) routes: Vec<Arc<Route>>,
+    /// The routes a request may match, by the request path's first segment: routes whose
+    /// Path predicate requires that literal first segment, and every route that does not
+    /// constrain it, in table order. A first segment not in the map gets `unkeyed`.
+    by_first_segment: FxHashMap<Box<str>, Vec<usize>>,
+    /// The routes that do not require a literal first path segment, in table order.
+    unkeyed: Vec<usize>,
     groups: WeightGroups,
     /// Global CORS by path pattern.
     pub(crate) cors: GlobalCors,
@@ -490,8 +497,11 @@ impl RouteTable {
                 }
             }
         }
+        let (by_first_segment, unkeyed) = index_by_first_segment(&routes);
         Self {
             routes,
+            by_first_segment,
+            unkeyed,
             groups,
             cors,
             locator: None,
@@ -517,7 +527,13 @@ impl RouteTable {
         };
         let mut draws = Draws::default();
         let mut vars = Captures::new();
-        for route in &self.routes {
+        let first = path
+            .strip_prefix('/')
+            .map(|p| p.split_once('/').map_or(p, |(first, _)| first));
+        let candidates = first
+            .and_then(|f| self.by_first_segment.get(f))
+            .unwrap_or(&self.unkeyed);
+        for route in candidates.iter().filter_map(|&i| self.routes.get(i)) {
             vars.clear();
             if route.predicates.iter().all(|p| {
                 (preflight && p.is_method())
@@ -534,6 +550,38 @@ impl RouteTable {
 }
 
 use crate::config::Problem;
+
+/// The first path segments a route requires: those of its Path predicate when every pattern
+/// of it starts with a literal segment (a route matches only when all its predicates do).
+fn required_first_segments(route: &Route) -> Option<Vec<&str>> {
+    route.predicates.iter().find_map(|p| match p {
+        Predicate::Path(patterns) => patterns.iter().map(|p| p.first_literal()).collect(),
+        _ => None,
+    })
+}
+
+/// Builds [`RouteTable`]'s first-segment index.
+fn index_by_first_segment(routes: &[Arc<Route>]) -> (FxHashMap<Box<str>, Vec<usize>>, Vec<usize>) {
+    let required: Vec<Option<Vec<&str>>> =
+        routes.iter().map(|r| required_first_segments(r)).collect();
+    let unkeyed: Vec<usize> = (0..routes.len())
+        .filter(|&i| required[i].is_none())
+        .collect();
+    let mut by_first: FxHashMap<Box<str>, Vec<usize>> = FxHashMap::default();
+    for (i, segs) in required.iter().enumerate() {
+        for seg in segs.iter().flatten() {
+            let list = by_first.entry(Box::from(*seg)).or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+    }
+    for list in by_first.values_mut() {
+        list.extend(&unkeyed);
+        list.sort_unstable();
+    }
+    (by_first, unkeyed)
+}
 
 fn compile(
     def: &RouteDef,
@@ -757,6 +805,54 @@ mod tests {
     fn table(yaml: &str) -> Result<RouteTable, LoadError> {
         let c = GatewayConfig::parse(yaml, Some(std::path::Path::new("r.yaml")), &[])?;
         RouteTable::build(&c, &Shared::for_check())
+    }
+
+    #[test]
+    fn the_first_segment_index_finds_what_a_scan_finds() {
+        let t = table(
+            "gateway:\n  routes:\n    - {id: any-get, uri: 'http://x', order: -1, predicates: ['Method=POST']}\n    - {id: a, uri: 'http://x', predicates: ['Path=/a/**']}\n    - {id: ab, uri: 'http://x', predicates: ['Path=/a/b,/b/{x}']}\n    - {id: star, uri: 'http://x', predicates: ['Path=/*/c']}\n    - {id: root, uri: 'http://x', predicates: ['Path=/']}\n    - {id: b-late, uri: 'http://x', order: 9, predicates: ['Path=/b/**']}\n    - {id: rest, uri: 'http://x', order: 10, predicates: ['Path=/**']}\n",
+        )
+        .unwrap();
+        let h = http::HeaderMap::new();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let scan = |method: &Method, path: &str| {
+            let view = RequestView {
+                method,
+                path,
+                query: None,
+                headers: &h,
+                client: ip,
+            };
+            t.routes.iter().find_map(|r| {
+                let mut vars = Captures::new();
+                let mut draws = Draws::default();
+                r.predicates
+                    .iter()
+                    .all(|p| p.test(&view, &mut vars, &r.id, &t.groups, &mut draws))
+                    .then(|| r.id.to_string())
+            })
+        };
+        for path in [
+            "/", "", "/a", "/a/", "/a/b", "/a/c", "/b/1", "/b/1/2", "/x/c", "/b/c", "/z", "//a",
+            "a/b",
+        ] {
+            for method in [Method::GET, Method::POST] {
+                let found = t
+                    .find(&method, path, None, &h, ip, false)
+                    .map(|m| m.route.id.to_string());
+                assert_eq!(found, scan(&method, path), "{method} {path:?}");
+            }
+        }
+        let found = |path: &str| {
+            t.find(&Method::GET, path, None, &h, ip, false)
+                .map(|m| m.route.id.to_string())
+        };
+        assert_eq!(found("/a/b").as_deref(), Some("a"));
+        assert_eq!(found("/b/c").as_deref(), Some("ab"));
+        assert_eq!(found("/x/c").as_deref(), Some("star"));
+        assert_eq!(found("/").as_deref(), Some("root"));
+        assert_eq!(found("/b/1/2").as_deref(), Some("b-late"));
+        assert_eq!(found("/q").as_deref(), Some("rest"));
     }
 
     #[test]

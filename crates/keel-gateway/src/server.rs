@@ -3,7 +3,6 @@
 //! access log, reloads the route file, and drains on SIGTERM.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
@@ -28,6 +27,7 @@ use keel_chassis::{
     },
 };
 use keel_discovery::{Balancer, BalancerConfig, Discovery};
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,11 +76,12 @@ pub struct Gateway {
 
 /// The per-route request metrics, with their handles cached so the hot path neither
 /// allocates labels nor hashes them in the recorder. Label values are bounded: route ids
-/// (or `unmatched`), standard methods (others are `OTHER`) and status codes.
+/// (or `unmatched`), standard methods (others are `OTHER`) and status codes. Keys are hashed
+/// with FxHash: they are not attacker-chosen beyond those bounded values.
 #[derive(Debug, Default)]
 struct RequestMetrics {
-    counters: Mutex<HashMap<CounterKey, metrics::Counter>>,
-    durations: Mutex<HashMap<(Arc<str>, Method), metrics::Histogram>>,
+    counters: Mutex<FxHashMap<CounterKey, metrics::Counter>>,
+    durations: Mutex<FxHashMap<(Arc<str>, Method), metrics::Histogram>>,
 }
 
 /// Route, method, status.
@@ -317,7 +318,7 @@ impl Gateway {
                 status = status.as_u16(),
                 route = %route,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
-                trace_id = %out.trace_id,
+                trace_id = %out.trace.trace_id_hex(),
                 "request"
             );
         }
@@ -598,6 +599,9 @@ pub async fn serve(
     serve_on(listener, config, profiles, stop).await
 }
 
+/// Headers hyper parses without allocating (its default limit).
+const HYPER_STACK_HEADERS: usize = 100;
+
 /// Serves `config` on an already bound listener until `stop` is cancelled.
 pub async fn serve_on(
     listener: TcpListener,
@@ -637,7 +641,6 @@ pub async fn serve_on(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
-        .max_headers(config.server.max_headers.saturating_mul(2).max(100))
         .max_buf_size(
             config
                 .server
@@ -645,6 +648,12 @@ pub async fn serve_on(
                 .saturating_mul(4)
                 .max(64 * 1024),
         );
+    // hyper parses up to 100 headers into an array on the stack; a larger limit makes it
+    // allocate that array on the heap for every request. Up to 100, `check_head` answers the
+    // configured limit with a problem and hyper's own 431 (without a body) covers the rest.
+    if config.server.max_headers > HYPER_STACK_HEADERS {
+        builder.http1().max_headers(config.server.max_headers);
+    }
     builder.http2().timer(TokioTimer::new());
     if !config.server.http2 {
         builder = builder.http1_only();
