@@ -136,7 +136,8 @@ async fn wait_port(port: u16) -> Result<(), String> {
     Err(format!("nothing listens on port {port}"))
 }
 
-/// Stops an nginx started with `conf` when dropped (killing the master would orphan its worker).
+/// Stops an nginx started with `conf` when dropped (killing the master would orphan its worker),
+/// waiting up to 2 s for it to exit.
 struct NginxGuard {
     nginx: PathBuf,
     conf: PathBuf,
@@ -151,12 +152,26 @@ impl Drop for NginxGuard {
             .args(["-s", "stop"])
             .stderr(Stdio::null())
             .status();
+        // Let the master stop its worker before the child handle is dropped (and the master
+        // killed), or the worker would be left running.
+        for _ in 0..100 {
+            if !matches!(self._child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 /// The run with the median p99 (its other figures come along).
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    runs.get(runs.len() / 2).copied().unwrap_or_default()
+}
+
+/// The run with the median throughput.
+fn median_rps(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     runs.get(runs.len() / 2).copied().unwrap_or_default()
 }
 
@@ -242,8 +257,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let kg_conf = write("routes.yaml", keel_routes(kg, up))?;
 
     println!(
-        "keel bench gateway: {ROUTES} routes (the measured one last, with a breaker), {} s per run, {} req/s fixed (median of {} alternating rounds), {} connections saturated",
-        opts.seconds, opts.rate, opts.rounds, opts.connections
+        "keel bench gateway: {ROUTES} routes (the measured one last, with a breaker), {} s per run, {} req/s fixed and {} connections saturated (medians of {} alternating rounds)",
+        opts.seconds, opts.rate, opts.connections, opts.rounds
     );
     println!(
         "  proxies pinned to core 0 (one nginx worker / one gateway worker thread); oha and the upstream on core 1"
@@ -295,8 +310,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
         }
     }
     let [direct, ng_fixed, kg_fixed] = runs.map(median);
-    let ng_sat = oha(&opts, &nginx_url, None, opts.connections).await?;
-    let kg_sat = oha(&opts, &keel_url, None, opts.connections).await?;
+    // Saturation runs alternate too; the median throughput of each is reported.
+    let mut sat: [Vec<Run>; 2] = Default::default();
+    for _ in 0..opts.rounds.max(1) {
+        for (i, u) in [&nginx_url, &keel_url].into_iter().enumerate() {
+            sat[i].push(oha(&opts, u, None, opts.connections).await?);
+        }
+    }
+    let [ng_sat, kg_sat] = sat.map(median_rps);
     let keel_rss = keel.id().map_or(f64::NAN, rss_mib);
     let nginx_rss = nginx
         ._child

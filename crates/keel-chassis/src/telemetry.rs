@@ -5,7 +5,7 @@
 //! `info`. Every log line written inside a request carries its `trace_id` and `span_id`
 //! (top-level keys in JSON).
 
-use std::{fmt::Write as _, io::IsTerminal, sync::OnceLock};
+use std::{fmt::Write as _, io::IsTerminal, sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Map, Value};
@@ -266,15 +266,35 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Installs the process-wide Prometheus recorder (once). Returns `None` when another
 /// recorder was installed first by someone else.
+///
+/// Histogram samples queue up in the recorder until an upkeep folds them into buckets. That
+/// happens on every scrape and, so memory stays flat when nobody scrapes, once a second on
+/// a small thread of its own (it works whatever runtime, if any, the process uses).
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
                 .ok()?;
-            builder.install_recorder().ok()
+            let handle = builder.install_recorder().ok()?;
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("keel-metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histogram samples are folded only when /metrics is scraped");
+            }
+            Some(handle)
         })
         .as_ref()
 }

@@ -326,7 +326,12 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout(authority_key) {
                 Some(s) => (s, true),
-                None => (self.connect(authority, tls, connect_timeout).await?, false),
+                // Boxed: connecting (TCP, TLS, handshake) is rare next to reusing a pooled
+                // connection, and its large state would otherwise be moved with every request.
+                None => (
+                    Box::pin(self.connect(authority, tls, connect_timeout)).await?,
+                    false,
+                ),
             };
             match sender.try_send_request(req).await {
                 Ok(res) => {

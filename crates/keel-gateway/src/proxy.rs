@@ -375,12 +375,12 @@ impl Proxy {
             ex.forwards = depth;
             let id = route.id.clone();
             if let Some(j) = &route.jwt
-                && let Err(res) = j.apply(&mut ex, &route.id).await
+                && let Err(res) = Box::pin(j.apply(&mut ex, &route.id)).await
             {
                 return (*res, Some(id));
             }
             let limited = match &route.rate_limit {
-                Some(l) => match l.apply(&ex, &route.id).await {
+                Some(l) => match Box::pin(l.apply(&ex, &route.id)).await {
                     Ok(d) => Some(d),
                     Err(res) => return (*res, Some(id)),
                 },
@@ -393,7 +393,7 @@ impl Proxy {
             }
             let mut res = match &route.target {
                 Target::NoOp => Response::new(Body::Empty),
-                Target::Compose(c) => self.compose(&route.id, c, &ex).await,
+                Target::Compose(c) => Box::pin(self.compose(&route.id, c, &ex)).await,
                 Target::Forward(path) => {
                     ex.path = path.clone();
                     self.dispatch(ex_clone(&ex), body, depth + 1, client_upgrade)
@@ -558,7 +558,7 @@ impl Proxy {
         let replay_wanted = route.retry.as_ref().is_some_and(|r| r.allows(&ex.method))
             || matches!(route.target, Target::Lb { .. });
         if replay_wanted && declared.is_some_and(|l| l <= REPLAY_LIMIT) {
-            let bytes = match body.collect().await {
+            let bytes = match Box::pin(body.collect()).await {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
                     return Err(Box::new(
