@@ -323,6 +323,16 @@ impl Http1Pool {
             authority.into()
         };
         let authority_key = key.as_ref();
+        // An origin server is sent the origin form (`GET /path?query`); the authority travels
+        // in `Host`. (The absolute form is for requests to proxies.)
+        if req.uri().authority().is_some() {
+            let origin = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+            *req.uri_mut() = origin;
+        }
         loop {
             let (mut sender, reused) = match self.checkout(authority_key) {
                 Some(s) => (s, true),

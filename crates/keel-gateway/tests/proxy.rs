@@ -51,6 +51,8 @@ gateway:
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["path"], "/orders/42");
     assert_eq!(body["query"], "x=1&source=gw");
+    // Origin form on the request line; the authority is in Host.
+    assert_eq!(body["target"], "/orders/42?x=1&source=gw");
     let h = &body["headers"];
     assert_eq!(h["x-order"], "42");
     assert!(h.get("x-secret").is_none());

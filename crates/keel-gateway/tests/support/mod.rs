@@ -76,6 +76,7 @@ async fn echo(State(st): State<St>, req: Request) -> Json<Value> {
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "query": req.uri().query(),
+        "target": req.uri().to_string(),
         "headers": headers,
     }))
 }
