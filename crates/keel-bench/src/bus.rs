@@ -179,7 +179,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // Baselines, measured after Keel's runs in the same process.
     let (base_name, base_live, base_backlog, layout) = if opts.backend.starts_with("sqlite:") {
         (
-            "raw SQLite inserts, then reads of the same rows",
+            ("raw SQLite", "inserts, then reads of the same rows"),
             None,
             sqlite_baseline(&opts).await?,
             None,
@@ -188,38 +188,40 @@ pub async fn run(opts: Options) -> Result<(), String> {
         remove_nats_streams(&opts.backend, &tag).await;
         let layout = nats_layout_baseline(&opts, &tag).await?;
         (
-            "raw async-nats JetStream: one stream, one pull consumer (1,000 unacknowledged)",
+            (
+                "raw async-nats",
+                "one stream, one pull consumer with up to 1,000 unacknowledged",
+            ),
             Some(nats_baseline(&opts, &tag, Shape::Live).await?),
             nats_baseline(&opts, &tag, Shape::Backlog).await?,
             Some(layout),
         )
     } else {
-        ("none", None, 0.0, None)
+        (("none", ""), None, 0.0, None)
     };
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!(
-        "  {:<44} {:>22} {:>22}",
+        "  {:<26} {:>28} {:>25}",
         "msg/s", "consuming while publishing", "publish all, then drain"
     );
     let row = |name: &str, live: Option<f64>, backlog: Option<f64>| {
         let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-        println!("  {name:<44} {:>22} {:>22}", f(live), f(backlog));
+        println!("  {name:<26} {:>28} {:>25}", f(live), f(backlog));
     };
     row(
         &format!("keel ({})", bus.backend()),
         Some(live.rate),
         Some(backlog.rate),
     );
-    row(&format!("base: {base_name}"), base_live, Some(base_backlog));
+    row(base_name.0, base_live, Some(base_backlog));
     if let Some(rate) = layout {
-        row(
-            "base: raw async-nats on the NATS bus's layout",
-            Some(rate),
-            None,
-        );
+        row("raw async-nats, layout", Some(rate), None);
+    }
+    println!("  {}: {}", base_name.0, base_name.1);
+    if layout.is_some() {
         println!(
-            "    (layout: {LAYOUT_PARTITIONS} partition streams, envelope bodies with Nats-Msg-Id, one \
-             unacknowledged message per partition)"
+            "  raw async-nats, layout: the NATS bus's wire layout — {LAYOUT_PARTITIONS} partition streams, \
+             envelope bodies with Nats-Msg-Id, one unacknowledged message per partition"
         );
     }
     println!(
