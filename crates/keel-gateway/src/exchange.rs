@@ -11,6 +11,30 @@ use crate::pattern::Captures;
 /// Claims of a verified JWT.
 pub(crate) type Claims = serde_json::Map<String, serde_json::Value>;
 
+/// The client's address as text, made once per connection for the forwarding headers.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The address, for `X-Forwarded-For`.
+    pub(crate) ip: HeaderValue,
+    /// The `for=` value of `Forwarded` (IPv6 quoted in brackets).
+    pub(crate) forwarded_for: Box<str>,
+}
+
+impl Peer {
+    pub(crate) fn new(client: SocketAddr) -> Self {
+        let ip = client.ip().to_string();
+        let forwarded_for = if client.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_for: forwarded_for.into(),
+        }
+    }
+}
+
 /// The request as filters see and change it.
 #[derive(Debug)]
 pub(crate) struct Exchange {
@@ -25,6 +49,8 @@ pub(crate) struct Exchange {
     pub(crate) vars: Captures,
     /// The client's address.
     pub(crate) client: SocketAddr,
+    /// The same, as text for the forwarding headers (shared by the connection's requests).
+    pub(crate) peer: Arc<Peer>,
     /// Whether the client connected over TLS.
     pub(crate) secure: bool,
     /// The `Host` the client sent (or the HTTP/2 authority).

@@ -30,7 +30,7 @@ use crate::{
     client::{Clients, Http1Pool, PoolError},
     config::ForwardedSettings,
     cors,
-    exchange::Exchange,
+    exchange::{Exchange, Peer},
     problem::{GatewayProblem, types},
     route::{Matched, Route, RouteTable, Target},
 };
@@ -223,6 +223,7 @@ impl Proxy {
     pub(crate) async fn handle(
         &self,
         mut req: Request<Incoming>,
+        peer: &Arc<Peer>,
         client: SocketAddr,
         secure: bool,
     ) -> Handled {
@@ -252,6 +253,7 @@ impl Proxy {
             headers,
             vars: Vec::new(),
             client,
+            peer: peer.clone(),
             secure,
             host,
             prefix: None,
@@ -620,12 +622,13 @@ impl Proxy {
         body: Body,
         avoid: &mut Vec<String>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let (authority, h2c, tls, pick) = match target {
+        let (authority, h2c, tls, host, pick) = match target {
             Target::Http {
                 authority,
                 h2c,
                 tls,
-            } => (authority.clone(), *h2c, *tls, None),
+                host,
+            } => (authority.clone(), *h2c, *tls, Some(host.clone()), None),
             Target::Lb { service } => {
                 let balancer = self
                     .balancer
@@ -639,11 +642,11 @@ impl Proxy {
                     pick.instance.authority().parse().map_err(|e| {
                         UpstreamError::Other(format!("invalid upstream authority: {e}"))
                     })?;
-                (authority, false, tls, Some(pick))
+                (authority, false, tls, None, Some(pick))
             }
             _ => return Err(UpstreamError::Other("not an upstream route".into())),
         };
-        let req = self.upstream_request(ex, &authority, body)?;
+        let req = self.upstream_request(ex, &authority, host, body)?;
         let timeout = [timeout, ex.deadline.map(|d| d.remaining())]
             .into_iter()
             .flatten()
@@ -690,6 +693,7 @@ impl Proxy {
         &self,
         ex: &Exchange,
         authority: &http::uri::Authority,
+        authority_host: Option<HeaderValue>,
         body: Body,
     ) -> Result<Request<Body>, UpstreamError> {
         let mut parts = http::uri::Parts::default();
@@ -706,13 +710,12 @@ impl Proxy {
         strip_hop_by_hop(&mut headers, upgrade);
         let host = match (&ex.host, ex.preserve_host) {
             (Some(h), true) => h.clone(),
-            _ => header_value(authority.as_str()),
+            _ => authority_host.unwrap_or_else(|| header_value(authority.as_str())),
         };
         headers.insert(header::HOST, host);
         let proto = if ex.secure { "https" } else { "http" };
-        let client_ip = ex.client.ip().to_string();
         if self.forwarded.x_forwarded {
-            append_list(&mut headers, &X_FORWARDED_FOR, header_value(&client_ip));
+            append_list(&mut headers, &X_FORWARDED_FOR, ex.peer.ip.clone());
             append_list(
                 &mut headers,
                 &X_FORWARDED_PROTO,
@@ -736,14 +739,9 @@ impl Proxy {
             }
         }
         if self.forwarded.forwarded {
-            let for_ = if ex.client.is_ipv6() {
-                format!("\"[{client_ip}]\"")
-            } else {
-                client_ip
-            };
             let mut v = String::with_capacity(64);
             v.push_str("for=");
-            v.push_str(&for_);
+            v.push_str(&ex.peer.forwarded_for);
             v.push_str(";proto=");
             v.push_str(proto);
             if let Some(h) = ex.host.as_ref().and_then(|h| h.to_str().ok()) {
@@ -833,6 +831,7 @@ pub(crate) fn ex_clone(ex: &Exchange) -> Exchange {
         headers: ex.headers.clone(),
         vars: Vec::new(),
         client: ex.client,
+        peer: ex.peer.clone(),
         secure: ex.secure,
         host: ex.host.clone(),
         prefix: ex.prefix.clone(),

@@ -37,6 +37,8 @@ pub(crate) enum Target {
         tls: bool,
         /// `host:port`.
         authority: Authority,
+        /// The same as the `Host` value sent upstream (made once, not per request).
+        host: http::HeaderValue,
     },
     /// `lb://service`: an instance chosen by the balancer.
     Lb {
@@ -90,10 +92,14 @@ impl Target {
                 if authority.host().is_empty() {
                     return Err(format!("{uri:?} names no host"));
                 }
+                let host = http::HeaderValue::from_str(authority.as_str()).map_err(|e| {
+                    format!("{uri:?}: the authority is not a valid Host value: {e}")
+                })?;
                 Ok(Target::Http {
                     h2c: s == "h2c",
                     tls,
                     authority,
+                    host,
                 })
             }
             other => Err(format!(

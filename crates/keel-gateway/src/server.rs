@@ -37,6 +37,7 @@ use crate::{
     body::Body,
     client::Clients,
     error::{Error, LoadError},
+    exchange::Peer,
     limit::Limiters,
     problem::{GatewayProblem, types},
     proxy::Proxy,
@@ -291,6 +292,7 @@ impl Gateway {
     async fn serve_request(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: Arc<Peer>,
         client: SocketAddr,
         secure: bool,
     ) -> Response<Body> {
@@ -304,7 +306,7 @@ impl Gateway {
         let start = tokio::time::Instant::now();
         let method = req.method().clone();
         let path = self.proxy.access_log.then(|| req.uri().path().to_owned());
-        let out = self.proxy.handle(req, client, secure).await;
+        let out = self.proxy.handle(req, &peer, client, secure).await;
         let status = out.response.status();
         let route: Arc<str> = out.route.unwrap_or_else(|| Arc::from("unmatched"));
         let elapsed = start.elapsed();
@@ -692,12 +694,13 @@ pub async fn serve_on(
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let secure = tls.is_some();
+        let peer = Arc::new(Peer::new(client));
         let svc = service_fn(move |req| {
-            let gw = gw.clone();
+            let (gw, peer) = (gw.clone(), peer.clone());
             // Boxed once here, so hyper moves a pointer, not the whole request state machine.
-            Box::pin(
-                async move { Ok::<_, Infallible>(gw.serve_request(req, client, secure).await) },
-            )
+            Box::pin(async move {
+                Ok::<_, Infallible>(gw.serve_request(req, peer, client, secure).await)
+            })
         });
         match &tls {
             None => {
