@@ -197,6 +197,13 @@ enum Bench {
         /// Seconds of the latency run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// NATS only: unacknowledged messages per partition in the raw-client layout
+        /// baseline (the bus uses 1), to measure what that rule costs.
+        #[arg(long, default_value_t = 1)]
+        layout_max_ack_pending: i64,
+        /// NATS only: publish the raw-client layout baseline without `Nats-Msg-Id`.
+        #[arg(long)]
+        layout_without_msg_id: bool,
     },
     /// Sagas: completed three-step sagas per second beside the store's commit bound.
     Saga {
@@ -434,12 +441,16 @@ fn main() -> ExitCode {
                 batch,
                 rate,
                 seconds,
+                layout_max_ack_pending,
+                layout_without_msg_id,
             }) => keel_bench::bus::run(keel_bench::bus::Options {
                 backend,
                 messages,
                 batch,
                 rate,
                 seconds,
+                layout_max_ack_pending,
+                layout_msg_id: !layout_without_msg_id,
             })
             .await
             .map_err(anyhow::Error::msg),

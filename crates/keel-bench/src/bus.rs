@@ -31,6 +31,10 @@ pub struct Options {
     pub rate: u64,
     /// Duration of the latency run.
     pub seconds: u64,
+    /// For the NATS layout baseline: unacknowledged messages per partition (the bus uses 1).
+    pub layout_max_ack_pending: i64,
+    /// For the NATS layout baseline: send `Nats-Msg-Id` (the bus does).
+    pub layout_msg_id: bool,
 }
 
 fn payload(n: usize) -> serde_json::Value {
@@ -221,7 +225,18 @@ pub async fn run(opts: Options) -> Result<(), String> {
     if layout.is_some() {
         println!(
             "  raw async-nats, layout: the NATS bus's wire layout — {LAYOUT_PARTITIONS} partition streams, \
-             envelope bodies with Nats-Msg-Id, one unacknowledged message per partition"
+             envelope bodies {}, {} unacknowledged message(s) per partition{}",
+            if opts.layout_msg_id {
+                "with Nats-Msg-Id"
+            } else {
+                "without Nats-Msg-Id"
+            },
+            opts.layout_max_ack_pending.max(1),
+            if opts.layout_msg_id && opts.layout_max_ack_pending <= 1 {
+                ""
+            } else {
+                " (changed from the bus's by --layout-* flags)"
+            }
         );
     }
     println!(
@@ -433,7 +448,8 @@ const LAYOUT_PARTITIONS: u32 = 16;
 
 /// The raw client doing what the NATS bus does on the wire, without Keel: one stream per
 /// partition, the envelope as the body with `Nats-Msg-Id`, one durable consumer per partition
-/// with one unacknowledged message at a time, consuming while publishing. The gap between
+/// with one unacknowledged message at a time, consuming while publishing. The
+/// `layout_*` options vary the last two, to measure what they cost. The gap between
 /// this and the plain baseline is the price of the layout; the gap to Keel's figure is Keel's.
 async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
     use async_nats::jetstream::{
@@ -467,7 +483,7 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
             .create_consumer(pull::Config {
                 durable_name: Some("base".into()),
                 ack_policy: AckPolicy::Explicit,
-                max_ack_pending: 1,
+                max_ack_pending: opts.layout_max_ack_pending.max(1),
                 ..Default::default()
             })
             .await
@@ -496,9 +512,10 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
         let mut acks = Vec::with_capacity(chunk.len());
         for m in chunk {
             let body = serde_json::to_vec(m).map_err(|e| e.to_string())?;
-            let publish = PublishMessage::build()
-                .payload(body.into())
-                .message_id(&m.id);
+            let mut publish = PublishMessage::build().payload(body.into());
+            if opts.layout_msg_id {
+                publish = publish.message_id(&m.id);
+            }
             let ack = js
                 .send_publish(subject(m.partition(LAYOUT_PARTITIONS)), publish)
                 .await
