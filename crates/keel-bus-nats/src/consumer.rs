@@ -1,23 +1,34 @@
-//! Consumer groups on JetStream. A subscription runs one task per partition; each pulls from
-//! the group's durable consumer on the partition's stream. That consumer has
-//! `max_ack_pending = 1`, so the server gives the partition's next message to a member of the
-//! group only once the previous one is acknowledged — members compete for partitions message by
-//! message, and per-key order holds however many there are.
+//! Consumer groups on JetStream. A subscription is a member of its group (`group.rs`): it runs
+//! a worker for each partition whose lease it holds. The worker pulls from the group's durable
+//! consumer on the partition's stream — a no-wait fetch of up to `pull_batch` while messages
+//! keep coming, one long-poll for a single message when the partition is quiet — and handles
+//! the messages one at a time in stream order.
+//!
+//! **Order rule.** The worker handles the message with stream sequence `s` only when `s` is
+//! the next one: everything before it is acknowledged (the consumer's ack floor) or gone from
+//! the stream. A message that arrives early waits in the buffer; while one waits, the worker
+//! re-reads the ack floor (with backoff) and skips sequences the stream no longer has. So if a
+//! message went to another member — one presumed dead that was not, or a pull request a
+//! released member abandoned (nats-server 2.9 still delivers to it) — the partition waits for
+//! that message to be acknowledged or to come back after `ack_wait`, and per-key order holds.
 //!
 //! A message in hand is handled, and on failure retried after the subscription's backoff,
 //! without letting go of it: "in progress" acknowledgements keep the server from giving it to
-//! anyone else (every `ack_wait / 3`), and the partition waits behind it. The attempt number is
-//! the server's delivery count (which grows when a member died holding the message) plus the
-//! local retries. After the last attempt, or at once for `Reject` and for a body that is not an
-//! envelope, the dead-letter copy is published (its acknowledgement awaited) and only then is
-//! the original terminated, so a crash in between re-delivers rather than loses it.
+//! anyone else (every `ack_wait / 3`), for it and for the messages buffered behind it, and the
+//! partition waits behind it. The attempt number is the server's delivery count (which grows
+//! when a member died holding the message) plus the local retries. After the last attempt, or
+//! at once for `Reject` and for a body that is not an envelope, the dead-letter copy is
+//! published (its acknowledgement awaited) and only then is the original terminated, so a
+//! crash in between re-delivers rather than loses it.
 //!
-//! Stopping lets the message in hand finish and be acknowledged; a message waiting for its
-//! next attempt is handed back with the remaining delay, and anything already delivered but not
-//! started is handed back at once. A broken connection or a vanished stream or consumer makes
-//! the partition task start over (recreating what is missing) with backoff.
+//! Stopping (the subscription's, or the partition moving to another member) lets the message
+//! in hand finish and be acknowledged; a message waiting for its next attempt is handed back
+//! with the remaining delay, and everything buffered is handed back at once, in order. A broken
+//! connection or a vanished stream or consumer makes the worker start over (recreating what
+//! is missing) with backoff.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,8 +39,9 @@ use std::{
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    stream::LastRawMessageErrorKind,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use keel_messaging::{
     AfterFailure, BusError, Consumer, Delivery, Handler, HandlerError, Message, Subscription,
     handle_catching_panics, headers,
@@ -37,7 +49,10 @@ use keel_messaging::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::NatsBus;
+use crate::{
+    NatsBus,
+    group::{Member, Spawn},
+};
 
 pub(crate) async fn start(
     bus: NatsBus,
@@ -57,7 +72,7 @@ pub(crate) async fn start(
             dead_lettered: metrics::counter!("keel_messaging_dead_lettered_total", labels.clone()),
             lag: metrics::gauge!("keel_messaging_consumer_lag", labels),
         },
-        bus,
+        bus: bus.clone(),
         sub,
         handler,
     });
@@ -71,15 +86,13 @@ pub(crate) async fn start(
         }
     }))
     .await?;
+    let spawn: Spawn = {
+        let group = group.clone();
+        Arc::new(move |p, stop| tokio::spawn(group.clone().partition(p, stop)))
+    };
+    let member = Member::join(bus, &group.sub.destination, &group.sub.group, spawn).await?;
     let stop = CancellationToken::new();
-    let tasks: Vec<_> = (0..partitions)
-        .map(|p| tokio::spawn(group.clone().partition(p, stop.clone())))
-        .collect();
-    let task = tokio::spawn(async move {
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
+    let task = tokio::spawn(member.run(stop.clone()));
     Ok(Consumer::new(stop, task))
 }
 
@@ -103,9 +116,30 @@ struct Metrics {
 /// How a message in hand ended.
 enum Outcome {
     Done,
-    /// Handed back to the server because the subscription is stopping.
+    /// Handed back to the server because the worker is stopping.
     Released,
 }
+
+/// A pull request in progress.
+struct Fetch {
+    batch: pull::Batch,
+    /// A long poll (the server keeps it open until `LONG_POLL` passes) rather than a no-wait
+    /// fetch (answered at once with what there is).
+    waiting: bool,
+    got: usize,
+}
+
+/// How long a long poll stays open on the server.
+const LONG_POLL: Duration = Duration::from_secs(5);
+
+/// Unacknowledged messages the group's consumer on a partition allows: a buffer of fetched
+/// messages waiting behind the one in hand, plus a fetch's worth.
+fn max_ack_pending(pull_batch: usize) -> i64 {
+    (2 * pull_batch.max(1)) as i64
+}
+
+/// A partition's messages delivered to this worker and not yet handled, by stream sequence.
+type Buffer = BTreeMap<u64, jetstream::Message>;
 
 impl Group {
     async fn consumer(
@@ -114,6 +148,7 @@ impl Group {
         partition: u32,
     ) -> Result<PullConsumer, BusError> {
         let name = self.bus.consumer_name(&self.sub.group);
+        let settings = self.bus.settings();
         let config = pull::Config {
             durable_name: Some(name.clone()),
             description: Some(format!(
@@ -122,19 +157,25 @@ impl Group {
             )),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: self.bus.settings().ack_wait,
-            max_ack_pending: 1,
+            ack_wait: settings.ack_wait,
+            max_ack_pending: max_ack_pending(settings.pull_batch),
             ..Default::default()
         };
         let consumer: PullConsumer = stream
-            .get_or_create_consumer(&name, config)
+            .get_or_create_consumer(&name, config.clone())
             .await
             .map_err(|e| self.bus.unavailable(format!("consumer {name}: {e}")))?;
-        // An existing consumer keeps its configuration; one changed by hand to allow several
-        // unacknowledged messages would let competing members break per-key order.
-        let max_ack_pending = consumer.cached_info().config.max_ack_pending;
-        if max_ack_pending != 1 {
-            tracing::warn!(consumer = %name, stream = %consumer.cached_info().stream_name, max_ack_pending, "consumer allows more than one unacknowledged message: per-key order is not guaranteed across members");
+        let have = consumer.cached_info().config.max_ack_pending;
+        if have != config.max_ack_pending
+            || consumer.cached_info().config.ack_wait != config.ack_wait
+        {
+            // Made by an older Keel (one unacknowledged message) or with other settings.
+            match stream.create_consumer(config).await {
+                Ok(updated) => return Ok(updated),
+                Err(e) => {
+                    tracing::warn!(consumer = %name, stream = %consumer.cached_info().stream_name, error = %e, "cannot update the consumer's settings; using it as it is");
+                }
+            }
         }
         Ok(consumer)
     }
@@ -142,66 +183,17 @@ impl Group {
     /// Consumes one partition until `stop`.
     async fn partition(self: Arc<Self>, partition: u32, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let settings = self.bus.settings().clone();
-        // Heartbeats from the server reveal a dead connection or a lost pull request.
-        let heartbeat = Duration::from_secs(2);
-        // A pull request outlives a stopped member on the server (NATS 2.9 still delivers to
-        // it; the message then waits out `ack_wait`), so requests are kept short-lived.
-        let expires = Duration::from_secs(5);
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let messages = async {
-                let stream = self
-                    .bus
-                    .ensure_stream(&self.sub.destination, partition)
-                    .await?;
-                let consumer = self.consumer(&stream, partition).await?;
-                consumer
-                    .stream()
-                    .max_messages_per_batch(settings.pull_batch.max(1))
-                    .expires(expires)
-                    .heartbeat(heartbeat)
-                    .messages()
-                    .await
-                    .map_err(|e| self.bus.unavailable(e))
-            }
-            .await;
-            match messages {
-                Ok(mut messages) => loop {
-                    if stop.is_cancelled() {
-                        release_buffered(&mut messages).await;
-                        return;
-                    }
-                    // A message already buffered is taken without waiting on anything else.
-                    let next = match messages.next().now_or_never() {
-                        Some(next) => next,
-                        None => tokio::select! {
-                            biased;
-                            _ = stop.cancelled() => {
-                                release_buffered(&mut messages).await;
-                                return;
-                            }
-                            next = messages.next() => next,
-                        },
-                    };
-                    match next {
-                        Some(Ok(m)) => {
-                            backoff = Duration::from_millis(100);
-                            if let Outcome::Released = self.process(partition, m, &stop).await {
-                                release_buffered(&mut messages).await;
-                                return;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(destination = %self.sub.destination, group = %self.sub.group, partition, error = %e, "pulling messages failed; starting over");
-                            break;
-                        }
-                        None => break,
-                    }
-                },
+            let started = Instant::now();
+            match self.consume(partition, &stop).await {
+                Ok(()) => return,
                 Err(e) => {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
                     tracing::warn!(destination = %self.sub.destination, group = %self.sub.group, partition, error = %e, retry_in = ?backoff, "cannot consume; will retry");
                 }
             }
@@ -211,6 +203,157 @@ impl Group {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Consumes one partition: `Ok` when stopped, `Err` to start over.
+    async fn consume(&self, partition: u32, stop: &CancellationToken) -> Result<(), BusError> {
+        let stream = self
+            .bus
+            .ensure_stream(&self.sub.destination, partition)
+            .await?;
+        let consumer = self.consumer(&stream, partition).await?;
+        let batch = self.bus.settings().pull_batch.max(1);
+        let mut buffer = Buffer::new();
+        let mut fetch: Option<Fetch> = None;
+        let mut busy = true;
+        let mut next = self.floor(&consumer, &stream, 0).await?;
+        // While the next message is missing: when to look at the ack floor again.
+        let mut gap_check = Duration::from_millis(20);
+        let mut gap_at: Option<Instant> = None;
+        loop {
+            if stop.is_cancelled() {
+                release(buffer, fetch).await;
+                return Ok(());
+            }
+            // Redeliveries of what was handled already (an acknowledgement that got lost).
+            while let Some(entry) = buffer.first_entry()
+                && *entry.key() < next
+            {
+                let _ = entry.remove().ack().await;
+            }
+            if let Some(entry) = buffer.first_entry()
+                && *entry.key() == next
+            {
+                let m = entry.remove();
+                gap_at = None;
+                gap_check = Duration::from_millis(20);
+                let work = self.process(partition, m, stop);
+                tokio::pin!(work);
+                let every = self.progress_interval();
+                let mut keep = tokio::time::interval_at(Instant::now() + every, every);
+                let outcome = loop {
+                    tokio::select! {
+                        biased;
+                        outcome = &mut work => break outcome,
+                        item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                        _ = keep.tick() => for m in buffer.values() {
+                            in_progress(m).await;
+                        },
+                    }
+                };
+                match outcome {
+                    Outcome::Done => next += 1,
+                    Outcome::Released => {
+                        release(buffer, fetch).await;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            // Nothing to handle now: the buffer is empty, or waits for an earlier message.
+            let gapped = !buffer.is_empty();
+            if fetch.is_none() {
+                let room = (2 * batch).saturating_sub(buffer.len()).max(1);
+                fetch = Some(if busy && !gapped {
+                    let batch = consumer
+                        .fetch()
+                        .max_messages(room.min(batch))
+                        .messages()
+                        .await
+                        .map_err(|e| self.bus.unavailable(format!("fetch: {e}")))?;
+                    Fetch {
+                        batch,
+                        waiting: false,
+                        got: 0,
+                    }
+                } else {
+                    let batch = consumer
+                        .batch()
+                        .max_messages(if gapped { room.min(batch) } else { 1 })
+                        .expires(LONG_POLL)
+                        .messages()
+                        .await
+                        .map_err(|e| self.bus.unavailable(format!("pull: {e}")))?;
+                    Fetch {
+                        batch,
+                        waiting: true,
+                        got: 0,
+                    }
+                });
+            }
+            if gapped && gap_at.is_none() {
+                gap_at = Some(Instant::now() + gap_check);
+            }
+            let check = async {
+                match gap_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {}
+                item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                _ = check => {
+                    let first = buffer.keys().next().copied().unwrap_or(next);
+                    next = self.floor(&consumer, &stream, next).await?;
+                    next = self.skip_deleted(&stream, next, first).await?;
+                    gap_at = None;
+                    gap_check = (gap_check * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The partition's next sequence to handle, at least `at_least`: after the consumer's ack
+    /// floor, and not before the stream's first message.
+    async fn floor(
+        &self,
+        consumer: &PullConsumer,
+        stream: &jetstream::stream::Stream,
+        at_least: u64,
+    ) -> Result<u64, BusError> {
+        let info = consumer
+            .get_info()
+            .await
+            .map_err(|e| self.bus.unavailable(format!("consumer info: {e}")))?;
+        let first = stream
+            .get_info()
+            .await
+            .map_err(|e| self.bus.unavailable(format!("stream info: {e}")))?
+            .state
+            .first_sequence;
+        Ok(at_least.max(info.ack_floor.stream_sequence + 1).max(first))
+    }
+
+    /// Moves `next` past sequences below `until` that the stream no longer holds (deleted by
+    /// hand): nobody will ever acknowledge them.
+    async fn skip_deleted(
+        &self,
+        stream: &jetstream::stream::Stream,
+        mut next: u64,
+        until: u64,
+    ) -> Result<u64, BusError> {
+        while next < until {
+            match stream.get_raw_message(next).await {
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
+                    next += 1;
+                }
+                Err(e) => return Err(self.bus.unavailable(format!("message {next}: {e}"))),
+            }
+        }
+        Ok(next)
     }
 
     async fn process(
@@ -373,11 +516,73 @@ async fn in_progress(m: &jetstream::Message) {
     }
 }
 
-/// Hands back, for immediate redelivery, whatever the server already delivered to this
-/// member but it will not handle (the subscription is stopping).
-async fn release_buffered(messages: &mut pull::Stream) {
-    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+/// The next message of the pull request in progress (never ready when there is none).
+async fn pull(fetch: &mut Option<Fetch>) -> Option<Result<jetstream::Message, async_nats::Error>> {
+    match fetch {
+        Some(f) => f.batch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Files what a pull request brought: a message into the buffer (a newer delivery of the same
+/// sequence replaces the older), the end of the request by closing it.
+fn take(
+    item: Option<Result<jetstream::Message, async_nats::Error>>,
+    fetch: &mut Option<Fetch>,
+    buffer: &mut Buffer,
+    busy: &mut bool,
+) -> Result<(), BusError> {
+    match item {
+        Some(Ok(m)) => {
+            if let Some(f) = fetch.as_mut() {
+                f.got += 1;
+            }
+            match m.info().map(|i| i.stream_sequence) {
+                Ok(seq) => {
+                    buffer.insert(seq, m);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a message without JetStream metadata; ignored")
+                }
+            }
+            Ok(())
+        }
+        Some(Err(e)) => {
+            *fetch = None;
+            Err(BusError::Unavailable(format!(
+                "pulling messages failed: {e}"
+            )))
+        }
+        None => {
+            if let Some(f) = fetch.take() {
+                *busy = f.got > 0;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Hands back, in order and for immediate redelivery, everything delivered to this worker
+/// that it will not handle. A no-wait fetch is read to its end (it ends at once); a long poll
+/// is left to a task of its own to drain until it expires, so that a message the server still
+/// puts into it comes back at once rather than after `ack_wait`.
+async fn release(buffer: Buffer, fetch: Option<Fetch>) {
+    for m in buffer.values() {
         let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    let Some(mut f) = fetch else {
+        return;
+    };
+    let waiting = f.waiting;
+    let drain = async move {
+        while let Some(Ok(m)) = f.batch.next().await {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
+    };
+    if waiting {
+        tokio::spawn(drain);
+    } else {
+        drain.await;
     }
 }
 

@@ -13,15 +13,21 @@
 //!   or on subscribe), named `<prefix>_<destination with '.' as '_'>_<8 hex digits of its
 //!   hash>_<partition>` and holding exactly that partition's subject;
 //! - **one durable pull consumer per group on each partition's stream**, named after the
-//!   group, with `max_ack_pending = 1`: the server hands out the next message of a partition
-//!   only after the previous one was acknowledged, whichever member of the group holds it, so
-//!   per-key order holds with any number of competing members.
+//!   group, allowing up to twice [`Settings::pull_batch`] unacknowledged messages;
+//! - **one key-value bucket, `<prefix>_groups`**, where the members of each group heartbeat
+//!   and hold a lease on each partition they consume. The live members split the partitions
+//!   (the embedded bus's rule), so exactly one member pulls a partition at a time and can keep
+//!   many of its messages in flight. Order does not rest on the leases alone: a member handles
+//!   a partition's message only once every earlier one is acknowledged (or gone from the
+//!   stream), so an overlap — a member wrongly presumed dead, a message delivered to a pull
+//!   request its member abandoned — delays messages and never reorders them (`group.rs`,
+//!   `consumer.rs`).
 //!
 //! Why a stream per partition rather than one stream with a filtered consumer per partition:
-//! on nats-server 2.9 (the version Keel targets), filtered consumers with
-//! `max_ack_pending = 1` that are created before their messages arrive drain at a tenth of
-//! the speed or less (the server burns CPU locating each partition's next message among the
-//! others); unfiltered consumers on small streams do not. The price is more, smaller streams.
+//! on nats-server 2.9 (the version Keel targets), filtered consumers that are created before
+//! their messages arrive drain at a tenth of the speed or less (the server burns CPU locating
+//! each partition's next message among the others); unfiltered consumers on small streams do
+//! not. The price is more, smaller streams.
 //!
 //! A failing message is retried while it is held (the consumer sends "in progress" to the
 //! server so the message stays assigned), which holds back its partition as the contract
@@ -30,6 +36,7 @@
 //! original terminated. See `consumer.rs` for the details.
 
 mod consumer;
+mod group;
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -42,6 +49,7 @@ use async_nats::{
     jetstream::{
         self,
         context::{PublishAckFuture, PublishErrorKind},
+        kv,
         message::PublishMessage,
         stream,
     },
@@ -76,9 +84,13 @@ pub struct Settings {
     pub replicas: usize,
     /// Timeout of a publish acknowledgement or a JetStream API request (default 5 s).
     pub request_timeout: Duration,
-    /// Messages asked for per pull request (default 64). With one unacknowledged message per
-    /// partition this only sets how often pull requests are renewed.
+    /// Messages fetched at once from a partition (default 256); the group's consumer on each
+    /// partition allows twice as many unacknowledged. More means fewer round trips and more
+    /// messages handed back when a partition moves to another member.
     pub pull_batch: usize,
+    /// A member whose last heartbeat is older than this is dead, and its partitions go to the
+    /// others (default 5 s). Members heartbeat five times per timeout.
+    pub member_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -92,7 +104,8 @@ impl Default for Settings {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             request_timeout: Duration::from_secs(5),
-            pull_batch: 64,
+            pull_batch: 256,
+            member_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -118,6 +131,16 @@ impl Settings {
         if self.ack_wait < Duration::from_millis(300) {
             return Err(BusError::Invalid("ack_wait must be at least 300 ms".into()));
         }
+        if self.member_timeout < Duration::from_millis(500) {
+            return Err(BusError::Invalid(
+                "member_timeout must be at least 500 ms".into(),
+            ));
+        }
+        if self.pull_batch == 0 || self.pull_batch > 10_000 {
+            return Err(BusError::Invalid(
+                "pull_batch must be between 1 and 10,000".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -136,6 +159,8 @@ struct Inner {
     settings: Settings,
     /// Partition streams known to exist (publish skips the check for them).
     streams: Mutex<HashSet<(String, u32)>>,
+    /// The groups bucket, once opened.
+    groups: tokio::sync::Mutex<Option<kv::Store>>,
 }
 
 impl NatsBus {
@@ -165,6 +190,7 @@ impl NatsBus {
                 js,
                 settings,
                 streams: Mutex::default(),
+                groups: tokio::sync::Mutex::default(),
             }),
         })
     }
@@ -198,11 +224,63 @@ impl NatsBus {
         token(group)
     }
 
-    /// Deletes every stream under this bus's prefix (all destinations, messages and consumer
-    /// positions) and returns how many. For tests and benchmarks; never called by Keel itself.
+    /// The key-value bucket where groups keep their members and partition leases.
+    pub fn groups_bucket(&self) -> String {
+        format!("{}_groups", self.inner.settings.prefix)
+    }
+
+    /// Opens (creating if needed) the groups bucket.
+    pub(crate) async fn groups(&self) -> Result<kv::Store, BusError> {
+        let mut slot = self.inner.groups.lock().await;
+        if let Some(store) = slot.as_ref() {
+            return Ok(store.clone());
+        }
+        let bucket = self.groups_bucket();
+        let js = &self.inner.js;
+        let store = match js.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => {
+                // The bucket's stream as async-nats would lay it out; made by hand because its
+                // `create_key_value` cannot read nats-server 2.9's account information.
+                let config = stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some("keel bus: group members and partition leases".into()),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    // Keys of members that died linger until then; live ones are rewritten.
+                    max_age: Duration::from_secs(24 * 3600),
+                    storage: stream::StorageType::File,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: self.inner.settings.replicas,
+                    ..Default::default()
+                };
+                if let Err(create) = js.create_stream(config).await {
+                    // Another process may have created it a moment ago.
+                    if js.get_stream(format!("KV_{bucket}")).await.is_err() {
+                        return Err(
+                            self.unavailable(format!("cannot create bucket {bucket}: {create}"))
+                        );
+                    }
+                }
+                js.get_key_value(&bucket)
+                    .await
+                    .map_err(|e| self.unavailable(format!("bucket {bucket}: {e}")))?
+            }
+        };
+        *slot = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Deletes every stream under this bus's prefix (all destinations, messages, consumer
+    /// positions and the groups bucket) and returns how many. For tests and benchmarks; never
+    /// called by Keel itself.
     pub async fn delete_all_streams(&self) -> Result<usize, BusError> {
         use futures::TryStreamExt;
         let mine = format!("{}_", self.inner.settings.prefix);
+        let bucket = format!("KV_{}", self.groups_bucket());
         let names: Vec<String> = self
             .inner
             .js
@@ -211,7 +289,10 @@ impl NatsBus {
             .await
             .map_err(|e| self.unavailable(e))?;
         let mut n = 0;
-        for name in names.iter().filter(|s| s.starts_with(&mine)) {
+        for name in names
+            .iter()
+            .filter(|s| s.starts_with(&mine) || **s == bucket)
+        {
             self.inner
                 .js
                 .delete_stream(name)
@@ -224,6 +305,7 @@ impl NatsBus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        *self.inner.groups.lock().await = None;
         Ok(n)
     }
 
@@ -496,9 +578,9 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     }
 }
 
-/// A destination or group name as a stream or consumer name token: '.' is not allowed there,
+/// A destination or group name as a stream, consumer or key name token: '.' is not allowed there,
 /// so it becomes '_', and a hash of the original keeps `a.b` and `a_b` apart.
-fn token(name: &str) -> String {
+pub(crate) fn token(name: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.as_bytes() {
         h ^= u32::from(*b);

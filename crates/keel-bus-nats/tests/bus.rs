@@ -185,24 +185,48 @@ async fn members_of_a_group_compete_and_positions_survive_restarts() {
         .subscribe(Subscription::new("ev", "g"), member("two"))
         .await
         .unwrap();
-    let batch: Vec<Message> = (0..200).map(|n| msg("ev", &format!("k{n}"), n)).collect();
-    assert!(bus.publish_all(&batch).await.1.is_none());
-    until("200 handled", || by.lock().unwrap().len() >= 200).await;
+    // The partitions are split once each member has seen the other's heartbeat: publish in
+    // rounds until both have taken work.
+    let mut sent = 0;
+    let t = Instant::now();
+    while sent < 2000 {
+        let batch: Vec<Message> = (sent..sent + 50)
+            .map(|n| msg("ev", &format!("k{n}"), n))
+            .collect();
+        assert!(bus.publish_all(&batch).await.1.is_none());
+        sent += 50;
+        until("the round handled", || {
+            by.lock().unwrap().len() >= sent as usize
+        })
+        .await;
+        let both = {
+            let got = by.lock().unwrap();
+            got.iter().any(|(m, _)| *m == "one") && got.iter().any(|(m, _)| *m == "two")
+        };
+        if both && sent >= 200 {
+            break;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = by.lock().unwrap().clone();
-    assert_eq!(got.len(), 200, "each message handled once within the group");
+    assert_eq!(
+        got.len(),
+        sent as usize,
+        "each message handled once within the group"
+    );
     let distinct: HashSet<i64> = got.iter().map(|(_, n)| *n).collect();
-    assert_eq!(distinct.len(), 200);
+    assert_eq!(distinct.len(), sent as usize);
     let ones = got.iter().filter(|(m, _)| *m == "one").count();
     assert!(
-        ones > 0 && ones < 200,
-        "both members took work: {ones} of 200 went to the first"
+        ones > 0 && ones < got.len(),
+        "both members took work within {:?}: {ones} of {sent} went to the first",
+        t.elapsed()
     );
     c1.stop().await;
     c2.stop().await;
 
     // New messages while nobody listens; a new member continues from the group's position.
-    for n in 200..210 {
+    for n in 5000..5010 {
         bus.publish(&msg("ev", "later", n)).await.unwrap();
     }
     let third = NatsBus::connect_with(&url, s).await.unwrap();
@@ -215,7 +239,7 @@ async fn members_of_a_group_compete_and_positions_survive_restarts() {
         log.lock()
             .unwrap()
             .iter()
-            .any(|d| d.message.payload["n"] == 209)
+            .any(|d| d.message.payload["n"] == 5009)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -226,11 +250,15 @@ async fn members_of_a_group_compete_and_positions_survive_restarts() {
         .map(|d| (d.message.payload["n"].as_i64().unwrap(), d.attempt))
         .collect();
     // At least once: a message a stopped member's pull request took comes again after
-    // `ack_wait`, and the server may repeat one; never one of the first 200, none skipped,
+    // `ack_wait`, and the server may repeat one; never one of the first rounds, none skipped,
     // none out of order.
     let mut ns: Vec<i64> = got.iter().map(|(n, _)| *n).collect();
     ns.dedup();
-    assert_eq!(ns, (200..210).collect::<Vec<_>>(), "(n, attempt): {got:?}");
+    assert_eq!(
+        ns,
+        (5000..5010).collect::<Vec<_>>(),
+        "(n, attempt): {got:?}"
+    );
     c3.stop().await;
 }
 

@@ -27,12 +27,13 @@ pub fn unique_prefix() -> String {
     format!("kt{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
-/// Settings for tests: a unique prefix, 4 partitions, a short ack wait.
+/// Settings for tests: a unique prefix, 4 partitions, a short ack wait and member timeout.
 pub fn settings() -> Settings {
     Settings {
         prefix: unique_prefix(),
         partitions: 4,
         ack_wait: Duration::from_secs(2),
+        member_timeout: Duration::from_secs(1),
         ..Settings::default()
     }
 }
