@@ -127,6 +127,8 @@ struct Fetch {
     /// fetch (answered at once with what there is).
     waiting: bool,
     got: usize,
+    /// A request whose end has not come by then was lost (a server restart, say).
+    deadline: Instant,
 }
 
 /// How long a long poll stays open on the server.
@@ -275,12 +277,14 @@ impl Group {
                         batch,
                         waiting: false,
                         got: 0,
+                        deadline: Instant::now() + self.bus.settings().request_timeout,
                     }
                 } else {
                     let batch = consumer
                         .batch()
                         .max_messages(if gapped { room.min(batch) } else { 1 })
                         .expires(LONG_POLL)
+                        .heartbeat(LONG_POLL / 4)
                         .messages()
                         .await
                         .map_err(|e| self.bus.unavailable(format!("pull: {e}")))?;
@@ -288,6 +292,7 @@ impl Group {
                         batch,
                         waiting: true,
                         got: 0,
+                        deadline: Instant::now() + LONG_POLL + self.bus.settings().request_timeout,
                     }
                 });
             }
@@ -519,7 +524,10 @@ async fn in_progress(m: &jetstream::Message) {
 /// The next message of the pull request in progress (never ready when there is none).
 async fn pull(fetch: &mut Option<Fetch>) -> Option<Result<jetstream::Message, async_nats::Error>> {
     match fetch {
-        Some(f) => f.batch.next().await,
+        Some(f) => match tokio::time::timeout_at(f.deadline, f.batch.next()).await {
+            Ok(next) => next,
+            Err(_) => Some(Err("the pull request's end never came".into())),
+        },
         None => std::future::pending().await,
     }
 }

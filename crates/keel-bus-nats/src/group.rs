@@ -28,10 +28,10 @@ use std::{
 use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt;
 use keel_messaging::{BusError, new_id};
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{NatsBus, token};
+use crate::NatsBus;
 
 /// What the watch has seen of one group.
 #[derive(Debug, Default)]
@@ -115,6 +115,8 @@ pub(crate) struct Member {
     spawn: Spawn,
     /// The revision of the first heartbeat.
     joined: u64,
+    /// Signalled whenever the view changes.
+    changed: Arc<Notify>,
 }
 
 impl Member {
@@ -127,13 +129,14 @@ impl Member {
     ) -> Result<Self, BusError> {
         let store = bus.groups().await?;
         let mut member = Self {
-            prefix: format!("{}.{}.", token(destination), token(group)),
+            prefix: bus.group_keys(destination, group),
             me: new_id(),
             store,
             bus,
             view: Arc::default(),
             spawn,
             joined: 0,
+            changed: Arc::default(),
         };
         member.joined = member.heartbeat().await?;
         Ok(member)
@@ -159,6 +162,7 @@ impl Member {
         store: kv::Store,
         prefix: String,
         view: Arc<Mutex<View>>,
+        changed: Arc<Notify>,
         stop: CancellationToken,
     ) {
         let filter = format!("{prefix}>");
@@ -170,10 +174,12 @@ impl Member {
                         next = entries.next() => next,
                     };
                     match next {
-                        Some(Ok(entry)) => view
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .apply(&entry, &prefix),
+                        Some(Ok(entry)) => {
+                            view.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .apply(&entry, &prefix);
+                            changed.notify_one();
+                        }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "group watch failed; re-opening");
                             break;
@@ -241,6 +247,7 @@ impl Member {
             self.store.clone(),
             self.prefix.clone(),
             self.view.clone(),
+            self.changed.clone(),
             watch_stop.clone(),
         ));
         let settings = self.bus.settings().clone();
@@ -252,15 +259,20 @@ impl Member {
         // Workers told to stop; their leases go back once they have.
         let mut stopping: Vec<(u32, Option<u64>, Worker)> = Vec::new();
         let mut beaten = Instant::now();
+        tick.tick().await; // the first tick is now, and join() has just heartbeaten
         loop {
+            // Heartbeat on the tick; rebalance then and whenever the view changes (a member
+            // joined or left, a lease was given back), so partitions move without waiting.
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let sent = Instant::now();
-            match self.heartbeat().await {
-                Ok(_) => beaten = sent,
-                Err(e) => tracing::warn!(error = %e, "group heartbeat failed"),
+                _ = self.changed.notified() => {}
+                _ = tick.tick() => {
+                    let sent = Instant::now();
+                    match self.heartbeat().await {
+                        Ok(_) => beaten = sent,
+                        Err(e) => tracing::warn!(error = %e, "group heartbeat failed"),
+                    }
+                }
             }
             // Give back what finished stopping.
             let mut i = 0;

@@ -229,6 +229,13 @@ impl NatsBus {
         format!("{}_groups", self.inner.settings.prefix)
     }
 
+    /// The prefix of `group`'s keys on `destination` in the groups bucket: members heartbeat
+    /// at `<prefix>m.<member id>`, leases are `<prefix>p.<partition>` holding the owner's id
+    /// (empty when given back). For inspection and operations tools.
+    pub fn group_keys(&self, destination: &str, group: &str) -> String {
+        format!("{}.{}.", token(destination), token(group))
+    }
+
     /// Opens (creating if needed) the groups bucket.
     pub(crate) async fn groups(&self) -> Result<kv::Store, BusError> {
         let mut slot = self.inner.groups.lock().await;

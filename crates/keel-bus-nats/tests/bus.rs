@@ -848,6 +848,161 @@ async fn a_message_held_by_a_dead_member_is_redelivered_after_ack_wait() {
     c.stop().await;
 }
 
+/// A member that held a partition's lease and died with messages in hand: the group waits
+/// until its heartbeat is stale, takes the partition over, and handles the dead member's
+/// messages (back after `ack_wait`) before the later ones — order holds across the crash.
+#[tokio::test]
+async fn a_dead_members_partition_is_taken_over_in_order() {
+    let Some(url) = nats_url("a_dead_members_partition_is_taken_over_in_order") else {
+        return;
+    };
+    let s = settings();
+    let (bus, _cleanup) = bus_with(&url, s.clone()).await;
+    // Creates the streams, the consumers and the bucket, then leaves.
+    let c = bus
+        .subscribe(Subscription::new("crash", "g"), recorder(Log::default()))
+        .await
+        .unwrap();
+    c.stop().await;
+    let batch: Vec<Message> = (0..5).map(|n| msg("crash", "k", n)).collect();
+    assert!(bus.publish_all(&batch).await.1.is_none());
+    let partition = batch[0].partition(s.partitions);
+
+    // The "dead member": heartbeats once, holds the lease, takes two messages, never answers.
+    let kv = bus
+        .jetstream()
+        .get_key_value(bus.groups_bucket())
+        .await
+        .unwrap();
+    let keys = bus.group_keys("crash", "g");
+    kv.put(format!("{keys}m.0dead"), "".into()).await.unwrap();
+    kv.put(format!("{keys}p.{partition}"), "0dead".into())
+        .await
+        .unwrap();
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.stream_name("crash", partition))
+        .await
+        .unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&bus.consumer_name("g")).await.unwrap();
+    let mut taken = consumer.fetch().max_messages(2).messages().await.unwrap();
+    for _ in 0..2 {
+        taken.next().await.unwrap().unwrap();
+    }
+    let died = Instant::now();
+    drop(taken);
+
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let c = bus
+        .subscribe(Subscription::new("crash", "g"), collector(got.clone()))
+        .await
+        .unwrap();
+    until("all five", || got.lock().unwrap().len() >= 5).await;
+    let waited = died.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: Vec<(i64, u32)> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| (d.message.payload["n"].as_i64().unwrap(), d.attempt))
+        .collect();
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4],
+        "(n, attempt): {got:?}"
+    );
+    assert_eq!(
+        got[0].1, 2,
+        "the dead member's delivery counts as an attempt"
+    );
+    assert!(
+        waited >= s.ack_wait,
+        "the dead member's messages came back after ack_wait first: {waited:?}"
+    );
+    c.stop().await;
+    // The lease is given back on leaving.
+    let lease = kv
+        .get(format!("{keys}p.{partition}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease.is_empty(), "{lease:?}");
+}
+
+/// Two members split the partitions: once balanced, each partition's messages go to exactly
+/// one member.
+#[tokio::test]
+async fn each_partition_has_one_member_at_a_time() {
+    let Some(url) = nats_url("each_partition_has_one_member_at_a_time") else {
+        return;
+    };
+    let s = settings();
+    let (bus, _cleanup) = bus_with(&url, s.clone()).await;
+    let other = NatsBus::connect_with(&url, s.clone()).await.unwrap();
+    let by: Arc<Mutex<Vec<(&'static str, u32)>>> = Arc::default();
+    let member = |name: &'static str| {
+        let by = by.clone();
+        handler_fn(move |d: Delivery| {
+            let by = by.clone();
+            async move {
+                by.lock().unwrap().push((name, d.partition));
+                Ok(())
+            }
+        })
+    };
+    let c1 = bus
+        .subscribe(Subscription::new("split", "g"), member("one"))
+        .await
+        .unwrap();
+    let c2 = other
+        .subscribe(Subscription::new("split", "g"), member("two"))
+        .await
+        .unwrap();
+    let kv = bus
+        .jetstream()
+        .get_key_value(bus.groups_bucket())
+        .await
+        .unwrap();
+    let keys = bus.group_keys("split", "g");
+    // Balanced: the four leases name two different members.
+    let t = Instant::now();
+    loop {
+        let mut owners = Vec::new();
+        for p in 0..4 {
+            if let Ok(Some(v)) = kv.get(format!("{keys}p.{p}")).await {
+                owners.push(v);
+            }
+        }
+        let distinct: HashSet<_> = owners.iter().filter(|o| !o.is_empty()).collect();
+        if owners.len() == 4 && distinct.len() == 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never balanced: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    by.lock().unwrap().clear();
+    let batch: Vec<Message> = (0..400)
+        .map(|n| msg("split", &format!("k{n}"), n))
+        .collect();
+    assert!(bus.publish_all(&batch).await.1.is_none());
+    until("400 handled", || by.lock().unwrap().len() >= 400).await;
+    let got = by.lock().unwrap().clone();
+    let mut owner: HashMap<u32, &str> = HashMap::new();
+    for (m, p) in &got {
+        let first = *owner.entry(*p).or_insert(m);
+        assert_eq!(first, *m, "partition {p} went to both members");
+    }
+    assert_eq!(owner.len(), 4, "every partition had messages");
+    let ones = owner.values().filter(|m| **m == "one").count();
+    assert_eq!(ones, 2, "two partitions each: {owner:?}");
+    c1.stop().await;
+    c2.stop().await;
+}
+
 #[tokio::test]
 async fn names_partition_counts_and_urls_are_checked() {
     let Some(url) = nats_url("names_partition_counts_and_urls_are_checked") else {
