@@ -115,6 +115,9 @@ struct Metrics {
 
 /// How a message in hand ended.
 enum Outcome {
+    /// Handled; the acknowledgement is the caller's to send.
+    Handled,
+    /// Terminated (dead-lettered) or otherwise settled with the server.
     Done,
     /// Handed back to the server because the worker is stopping.
     Released,
@@ -158,7 +161,7 @@ impl Group {
                 self.sub.group, self.sub.destination
             )),
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+            ack_policy: AckPolicy::All,
             ack_wait: settings.ack_wait,
             max_ack_pending: max_ack_pending(settings.pull_batch),
             ..Default::default()
@@ -171,7 +174,13 @@ impl Group {
         if have != config.max_ack_pending
             || consumer.cached_info().config.ack_wait != config.ack_wait
         {
-            // Made by an older Keel (one unacknowledged message) or with other settings.
+            // Made by an older Keel (one unacknowledged message) or with other settings. The
+            // server cannot change an acknowledgement policy: an older consumer keeps explicit
+            // acknowledgement (and gets one per message, see `Acks`).
+            let config = pull::Config {
+                ack_policy: consumer.cached_info().config.ack_policy,
+                ..config
+            };
             match stream.create_consumer(config).await {
                 Ok(updated) => return Ok(updated),
                 Err(e) => {
@@ -219,11 +228,13 @@ impl Group {
         let mut fetch: Option<Fetch> = None;
         let mut busy = true;
         let mut next = self.floor(&consumer, &stream, 0).await?;
+        let mut acks = Acks::new(consumer.cached_info().config.ack_policy == AckPolicy::All);
         // While the next message is missing: when to look at the ack floor again.
         let mut gap_check = Duration::from_millis(20);
         let mut gap_at: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
+                acks.flush().await;
                 release(buffer, fetch).await;
                 return Ok(());
             }
@@ -239,23 +250,35 @@ impl Group {
                 let m = entry.remove();
                 gap_at = None;
                 gap_check = Duration::from_millis(20);
-                let work = self.process(partition, m, stop);
-                tokio::pin!(work);
-                let every = self.progress_interval();
-                let mut keep = tokio::time::interval_at(Instant::now() + every, every);
-                let outcome = loop {
-                    tokio::select! {
-                        biased;
-                        outcome = &mut work => break outcome,
-                        item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
-                        _ = keep.tick() => for m in buffer.values() {
-                            in_progress(m).await;
-                        },
+                let outcome = {
+                    let work = self.process(partition, &m, stop);
+                    tokio::pin!(work);
+                    let every = self.progress_interval();
+                    let mut keep = tokio::time::interval_at(Instant::now() + every, every);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            outcome = &mut work => break outcome,
+                            item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                            _ = keep.tick() => {
+                                // A slow message: settle what is handled, keep the rest.
+                                acks.flush().await;
+                                for m in buffer.values() {
+                                    in_progress(m).await;
+                                }
+                            }
+                        }
                     }
                 };
                 match outcome {
+                    Outcome::Handled => {
+                        acks.handled(m).await;
+                        self.metrics.delivered.increment(1);
+                        next += 1;
+                    }
                     Outcome::Done => next += 1,
                     Outcome::Released => {
+                        acks.flush().await;
                         release(buffer, fetch).await;
                         return Ok(());
                     }
@@ -263,37 +286,51 @@ impl Group {
                 continue;
             }
             // Nothing to handle now: the buffer is empty, or waits for an earlier message.
+            acks.flush().await;
             let gapped = !buffer.is_empty();
             if fetch.is_none() {
                 let room = (2 * batch).saturating_sub(buffer.len()).max(1);
-                fetch = Some(if busy && !gapped {
-                    let batch = consumer
-                        .fetch()
-                        .max_messages(room.min(batch))
-                        .messages()
-                        .await
-                        .map_err(|e| self.bus.unavailable(format!("fetch: {e}")))?;
-                    Fetch {
-                        batch,
-                        waiting: false,
-                        got: 0,
-                        deadline: Instant::now() + self.bus.settings().request_timeout,
+                let timeout = self.bus.settings().request_timeout;
+                let waiting = !busy || gapped;
+                // Sending a pull request can hang on a connection being re-established:
+                // bounded, and given up when stopping.
+                let open = async {
+                    if waiting {
+                        // No idle heartbeats: async-nats 0.51's batch stream swallows one
+                        // without asking to be woken again, and would sit on the messages after
+                        // it. A lost request is noticed by its deadline instead.
+                        consumer
+                            .batch()
+                            .max_messages(if gapped { room.min(batch) } else { 1 })
+                            .expires(LONG_POLL)
+                            .messages()
+                            .await
+                    } else {
+                        consumer
+                            .fetch()
+                            .max_messages(room.min(batch))
+                            .messages()
+                            .await
                     }
+                };
+                let batch = tokio::select! {
+                    _ = stop.cancelled() => continue,
+                    opened = tokio::time::timeout(timeout, open) => match opened {
+                        Ok(Ok(batch)) => batch,
+                        Ok(Err(e)) => return Err(self.bus.unavailable(format!("pull: {e}"))),
+                        Err(_) => return Err(self.bus.unavailable("pull request not sent in time")),
+                    },
+                };
+                let open_for = if waiting {
+                    LONG_POLL + timeout
                 } else {
-                    let batch = consumer
-                        .batch()
-                        .max_messages(if gapped { room.min(batch) } else { 1 })
-                        .expires(LONG_POLL)
-                        .heartbeat(LONG_POLL / 4)
-                        .messages()
-                        .await
-                        .map_err(|e| self.bus.unavailable(format!("pull: {e}")))?;
-                    Fetch {
-                        batch,
-                        waiting: true,
-                        got: 0,
-                        deadline: Instant::now() + LONG_POLL + self.bus.settings().request_timeout,
-                    }
+                    timeout
+                };
+                fetch = Some(Fetch {
+                    batch,
+                    waiting,
+                    got: 0,
+                    deadline: Instant::now() + open_for,
                 });
             }
             if gapped && gap_at.is_none() {
@@ -364,7 +401,7 @@ impl Group {
     async fn process(
         &self,
         partition: u32,
-        m: jetstream::Message,
+        m: &jetstream::Message,
         stop: &CancellationToken,
     ) -> Outcome {
         let (delivered, pending) = match m.info() {
@@ -379,10 +416,10 @@ impl Group {
             Ok(message) => message,
             Err(e) => {
                 // Not an envelope: nothing a handler could do with it; never block behind it.
-                let raw = raw_message(&self.sub.destination, &m);
+                let raw = raw_message(&self.sub.destination, m);
                 let error = HandlerError::reject(format!("unreadable message: {e}"));
                 return self
-                    .dead_letter(&m, &raw, delivered.max(1) as u32, &error, stop)
+                    .dead_letter(m, &raw, delivered.max(1) as u32, &error, stop)
                     .await;
             }
         };
@@ -393,26 +430,19 @@ impl Group {
                 attempt,
                 partition,
             };
-            match self.handle(&m, delivery).await {
-                Ok(()) => {
-                    if let Err(e) = m.ack().await {
-                        // The server will offer it again after ack_wait: at least once.
-                        tracing::warn!(message_id = %message.id, error = %e, "acknowledgement not sent");
-                    }
-                    self.metrics.delivered.increment(1);
-                    return Outcome::Done;
-                }
+            match self.handle(m, delivery).await {
+                Ok(()) => return Outcome::Handled,
                 Err(e) => match self.sub.after_failure(attempt, &e) {
                     AfterFailure::RetryAfter(delay) => {
                         self.metrics.redelivered.increment(1);
                         tracing::debug!(message_id = %message.id, attempt, error = %e, retry_in = ?delay, "handler failed; will redeliver");
-                        if !self.hold(&m, delay, stop).await {
+                        if !self.hold(m, delay, stop).await {
                             return Outcome::Released;
                         }
                         attempt += 1;
                     }
                     AfterFailure::DeadLetter => {
-                        return self.dead_letter(&m, &message, attempt, &e, stop).await;
+                        return self.dead_letter(m, &message, attempt, &e, stop).await;
                     }
                 },
             }
@@ -521,6 +551,54 @@ async fn in_progress(m: &jetstream::Message) {
     }
 }
 
+/// Acknowledgements of handled messages. With `AckPolicy::All` (consumers made by this
+/// version) one acknowledgement settles every earlier message, so the last handled one is
+/// acknowledged only every `ACK_EVERY` messages and whenever the worker is about to wait, stop
+/// or work long on one message; consumers made with explicit acknowledgement get one each.
+struct Acks {
+    all: bool,
+    last: Option<jetstream::Message>,
+    count: usize,
+}
+
+/// Handled messages settled by one acknowledgement, at most.
+const ACK_EVERY: usize = 64;
+
+impl Acks {
+    fn new(all: bool) -> Self {
+        Self {
+            all,
+            last: None,
+            count: 0,
+        }
+    }
+
+    async fn handled(&mut self, m: jetstream::Message) {
+        if !self.all {
+            return ack(&m).await;
+        }
+        self.last = Some(m);
+        self.count += 1;
+        if self.count >= ACK_EVERY {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        if let Some(m) = self.last.take() {
+            ack(&m).await;
+        }
+        self.count = 0;
+    }
+}
+
+async fn ack(m: &jetstream::Message) {
+    if let Err(e) = m.ack().await {
+        // The server will offer it again after ack_wait: at least once.
+        tracing::warn!(error = %e, "acknowledgement not sent");
+    }
+}
+
 /// The next message of the pull request in progress (never ready when there is none).
 async fn pull(fetch: &mut Option<Fetch>) -> Option<Result<jetstream::Message, async_nats::Error>> {
     match fetch {
@@ -583,7 +661,8 @@ async fn release(buffer: Buffer, fetch: Option<Fetch>) {
     };
     let waiting = f.waiting;
     let drain = async move {
-        while let Some(Ok(m)) = f.batch.next().await {
+        // Bounded: a request lost with the connection never ends by itself.
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(f.deadline, f.batch.next()).await {
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     };

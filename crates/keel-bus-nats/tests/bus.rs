@@ -1003,6 +1003,89 @@ async fn each_partition_has_one_member_at_a_time() {
     c2.stop().await;
 }
 
+/// Consumers settle what they handled: with the acknowledge-all policy Keel's consumers use,
+/// and with a consumer an older Keel made (explicit acknowledgement, one in flight), which is
+/// widened and keeps its policy.
+#[tokio::test]
+async fn handled_messages_are_acknowledged_under_either_policy() {
+    use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+    let Some(url) = nats_url("handled_messages_are_acknowledged_under_either_policy") else {
+        return;
+    };
+    let s = Settings {
+        partitions: 1,
+        ..settings()
+    };
+    let (bus, _cleanup) = bus_with(&url, s).await;
+    for (group, old) in [("new", false), ("old", true)] {
+        let stream = bus
+            .jetstream()
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: bus.stream_name("acks", 0),
+                subjects: vec![bus.subject("acks", 0)],
+                description: Some("keel bus destination acks, partition 0 of 1".into()),
+                ..Default::default()
+            });
+        let stream = match stream.await {
+            Ok(s) => s,
+            Err(_) => bus
+                .jetstream()
+                .get_stream(bus.stream_name("acks", 0))
+                .await
+                .unwrap(),
+        };
+        if old {
+            stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(bus.consumer_name(group)),
+                    ack_policy: AckPolicy::Explicit,
+                    max_ack_pending: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let log: Log = Arc::default();
+        let c = bus
+            .subscribe(Subscription::new("acks", group), recorder(log.clone()))
+            .await
+            .unwrap();
+        if !old {
+            // Once: the second group reads the same 150 from the start.
+            let batch: Vec<Message> = (0..150).map(|n| msg("acks", "k", n)).collect();
+            assert!(bus.publish_all(&batch).await.1.is_none());
+        }
+        until("150 handled", || log.lock().unwrap().len() >= 150).await;
+        let consumer: PullConsumer = stream
+            .get_consumer(&bus.consumer_name(group))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let info = loop {
+            let info = consumer.get_info().await.unwrap();
+            if info.num_ack_pending == 0 || t.elapsed() > Duration::from_secs(5) {
+                break info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(info.num_ack_pending, 0, "{group}: everything settled");
+        assert_eq!(
+            info.ack_floor.stream_sequence, info.delivered.stream_sequence,
+            "{group}"
+        );
+        let want = if old {
+            AckPolicy::Explicit
+        } else {
+            AckPolicy::All
+        };
+        assert_eq!(info.config.ack_policy, want, "{group}");
+        assert!(info.config.max_ack_pending > 1, "{group}: widened");
+        c.stop().await;
+        let ns: Vec<i64> = log.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        assert_eq!(ns, (0..150).collect::<Vec<_>>(), "{group}");
+    }
+}
+
 #[tokio::test]
 async fn names_partition_counts_and_urls_are_checked() {
     let Some(url) = nats_url("names_partition_counts_and_urls_are_checked") else {
