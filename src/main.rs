@@ -198,8 +198,8 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         /// NATS only: unacknowledged messages per partition in the raw-client layout
-        /// baseline (the bus uses 1), to measure what that rule costs.
-        #[arg(long, default_value_t = 1)]
+        /// baseline (the bus allows 512), to measure what that limit costs.
+        #[arg(long, default_value_t = 512)]
         layout_max_ack_pending: i64,
         /// NATS only: publish the raw-client layout baseline without `Nats-Msg-Id`.
         #[arg(long)]
