@@ -1,8 +1,9 @@
 //! Consumer groups on JetStream. A subscription is a member of its group (`group.rs`): it runs
 //! a worker for each partition whose lease it holds. The worker pulls from the group's durable
 //! consumer on the partition's stream — a no-wait fetch of up to `pull_batch` while messages
-//! keep coming, one long-poll for a single message when the partition is quiet — and handles
-//! the messages one at a time in stream order.
+//! keep coming, a long poll for as many (open on the server up to 5 s) when the partition is
+//! quiet — and handles the messages one at a time in stream order, buffering those that
+//! arrive meanwhile.
 //!
 //! **Order rule.** The worker handles the message with stream sequence `s` only when `s` is
 //! the next one: everything before it is acknowledged (the consumer's ack floor) or gone from
@@ -301,7 +302,7 @@ impl Group {
                         // it. A lost request is noticed by its deadline instead.
                         consumer
                             .batch()
-                            .max_messages(if gapped { room.min(batch) } else { 1 })
+                            .max_messages(room.min(batch))
                             .expires(LONG_POLL)
                             .messages()
                             .await

@@ -787,10 +787,13 @@ async fn stop_hands_back_a_message_waiting_for_its_retry() {
         waited >= Duration::from_millis(700),
         "the rest of the backoff was kept: {waited:?}"
     );
-    assert_eq!(
-        got.lock().unwrap()[0].attempt,
-        2,
-        "the attempt count goes on"
+    // The attempt count goes on: 2, or 3 when the server put the message back into the pull
+    // request the stopped member left open, whose drain handed it back once more (every
+    // delivery counts, as for any message handed back).
+    let attempt = got.lock().unwrap()[0].attempt;
+    assert!(
+        (2..=3).contains(&attempt),
+        "the attempt count goes on: {attempt}"
     );
     second.stop().await;
 }
