@@ -261,6 +261,7 @@ impl Group {
                             biased;
                             outcome = &mut work => break outcome,
                             item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                            _ = acks.due() => acks.flush().await,
                             _ = keep.tick() => {
                                 // A slow message: settle what is handled, keep the rest.
                                 acks.flush().await;
@@ -287,7 +288,7 @@ impl Group {
                 continue;
             }
             // Nothing to handle now: the buffer is empty, or waits for an earlier message.
-            acks.flush().await;
+            acks.idle();
             let gapped = !buffer.is_empty();
             if fetch.is_none() {
                 let room = (2 * batch).saturating_sub(buffer.len()).max(1);
@@ -347,6 +348,7 @@ impl Group {
                 biased;
                 _ = stop.cancelled() => {}
                 item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                _ = acks.due() => acks.flush().await,
                 _ = check => {
                     let first = buffer.keys().next().copied().unwrap_or(next);
                     next = self.floor(&consumer, &stream, next).await?;
@@ -554,13 +556,21 @@ async fn in_progress(m: &jetstream::Message) {
 
 /// Acknowledgements of handled messages. With `AckPolicy::All` (consumers made by this
 /// version) one acknowledgement settles every earlier message, so the last handled one is
-/// acknowledged only every `ACK_EVERY` messages and whenever the worker is about to wait, stop
-/// or work long on one message; consumers made with explicit acknowledgement get one each.
+/// acknowledged only every `ACK_EVERY` messages, `ACK_DELAY` after the worker ran out of
+/// messages, and when it stops or works long on one message; consumers made with explicit
+/// acknowledgement get one each.
 struct Acks {
     all: bool,
     last: Option<jetstream::Message>,
     count: usize,
+    /// When the last handled message is acknowledged if nothing else comes first.
+    due: Option<Instant>,
 }
+
+/// How long a handled message waits for its acknowledgement once its partition is quiet: a
+/// live partition's next messages usually come first, and one acknowledgement covers them
+/// all.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// Handled messages settled by one acknowledgement, at most.
 const ACK_EVERY: usize = 64;
@@ -571,6 +581,22 @@ impl Acks {
             all,
             last: None,
             count: 0,
+            due: None,
+        }
+    }
+
+    /// The worker has nothing to handle: acknowledge soon.
+    fn idle(&mut self) {
+        if self.last.is_some() && self.due.is_none() {
+            self.due = Some(Instant::now() + ACK_DELAY);
+        }
+    }
+
+    /// Ready when an acknowledgement is due (never while none is).
+    async fn due(&self) {
+        match self.due {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
         }
     }
 
@@ -590,6 +616,7 @@ impl Acks {
             ack(&m).await;
         }
         self.count = 0;
+        self.due = None;
     }
 }
 
