@@ -204,6 +204,9 @@ enum Bench {
         /// NATS only: publish the raw-client layout baseline without `Nats-Msg-Id`.
         #[arg(long)]
         layout_without_msg_id: bool,
+        /// Throughput rounds (Keel and the baselines alternate; medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Sagas: completed three-step sagas per second beside the store's commit bound.
     Saga {
@@ -443,6 +446,7 @@ fn main() -> ExitCode {
                 seconds,
                 layout_max_ack_pending,
                 layout_without_msg_id,
+                rounds,
             }) => keel_bench::bus::run(keel_bench::bus::Options {
                 backend,
                 messages,
@@ -451,6 +455,7 @@ fn main() -> ExitCode {
                 seconds,
                 layout_max_ack_pending,
                 layout_msg_id: !layout_without_msg_id,
+                rounds,
             })
             .await
             .map_err(anyhow::Error::msg),

@@ -36,6 +36,8 @@ pub struct Options {
     pub layout_max_ack_pending: i64,
     /// For the NATS layout baseline: send `Nats-Msg-Id` (the bus does).
     pub layout_msg_id: bool,
+    /// Throughput rounds; Keel and the baselines alternate, and medians are reported.
+    pub rounds: usize,
 }
 
 fn payload(n: usize) -> serde_json::Value {
@@ -129,20 +131,45 @@ pub async fn run(opts: Options) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let tag = format!("{:x}", rand_u32());
     println!(
-        "keel bench bus: backend {} ({}), {} messages in batches of {}, latency at {} msg/s for {} s",
+        "keel bench bus: backend {} ({}), {} messages in batches of {}, medians of {} rounds, latency at {} msg/s for {} s",
         opts.backend,
         bus.backend(),
         opts.messages,
         opts.batch,
+        opts.rounds.max(1),
         opts.rate,
         opts.seconds
     );
 
     // Throughput in two shapes: consuming while publishing (a live system), and publishing
-    // everything before the group starts (catching up on a backlog).
-    let live = throughput(&*bus, &opts, &format!("bench.tp.{tag}"), Shape::Live).await?;
-    let backlog = throughput(&*bus, &opts, &format!("bench.bl.{tag}"), Shape::Backlog).await?;
-    let keel_rate = live.rate;
+    // everything before the group starts (catching up on a backlog). Rounds alternate Keel and
+    // the raw client, so a busy moment of the machine hits both; medians are reported.
+    let nats = opts.backend.starts_with("nats:");
+    let rounds = opts.rounds.max(1);
+    let (mut lives, mut backlogs, mut base_lives, mut base_backlogs, mut layouts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut live = None;
+    for r in 0..rounds {
+        let round = throughput(&*bus, &opts, &format!("bench.tp.{tag}.{r}"), Shape::Live).await?;
+        lives.push(round.rate);
+        live = Some(round);
+        backlogs.push(
+            throughput(&*bus, &opts, &format!("bench.bl.{tag}.{r}"), Shape::Backlog)
+                .await?
+                .rate,
+        );
+        if nats {
+            let round_tag = format!("{tag}r{r}");
+            layouts.push(nats_layout_baseline(&opts, &round_tag).await?);
+            base_lives.push(nats_baseline(&opts, &round_tag, Shape::Live).await?);
+            base_backlogs.push(nats_baseline(&opts, &round_tag, Shape::Backlog).await?);
+        }
+    }
+    let Some(live) = live else {
+        return Err("no round ran".into());
+    };
+    let keel_rate = median(&mut lives);
+    let backlog_rate = median(&mut backlogs);
 
     // Latency at a fixed rate.
     let dest = format!("bench.lat.{tag}");
@@ -181,7 +208,10 @@ pub async fn run(opts: Options) -> Result<(), String> {
     consumer.stop().await;
     let lat = samples.lock().unwrap().clone();
 
-    // Baselines, measured after Keel's runs in the same process.
+    if nats {
+        remove_nats_streams(&opts.backend, &tag, rounds).await;
+    }
+    // Baselines, measured in the same process (NATS: alternating with Keel's rounds).
     let (base_name, base_live, base_backlog, layout) = if opts.backend.starts_with("sqlite:") {
         (
             ("raw SQLite", "inserts, then reads of the same rows"),
@@ -189,17 +219,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
             sqlite_baseline(&opts).await?,
             None,
         )
-    } else if opts.backend.starts_with("nats:") {
-        remove_nats_streams(&opts.backend, &tag).await;
-        let layout = nats_layout_baseline(&opts, &tag).await?;
+    } else if nats {
         (
             (
                 "raw async-nats",
                 "one stream, one pull consumer with up to 1,000 unacknowledged",
             ),
-            Some(nats_baseline(&opts, &tag, Shape::Live).await?),
-            nats_baseline(&opts, &tag, Shape::Backlog).await?,
-            Some(layout),
+            Some(median(&mut base_lives)),
+            median(&mut base_backlogs),
+            Some(median(&mut layouts)),
         )
     } else {
         (("none", ""), None, 0.0, None)
@@ -215,8 +243,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     };
     row(
         &format!("keel ({})", bus.backend()),
-        Some(live.rate),
-        Some(backlog.rate),
+        Some(keel_rate),
+        Some(backlog_rate),
     );
     row(base_name.0, base_live, Some(base_backlog));
     if let Some(rate) = layout {
@@ -241,7 +269,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         );
     }
     println!(
-        "  keel published {} messages in {}, all handled in {} (consuming while publishing)",
+        "  keel published {} messages in {}, all handled in {} (consuming while publishing, last round)",
         opts.messages,
         ms(live.published),
         ms(live.total)
@@ -256,13 +284,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
         Some(b) => summary.push_str(&format!(
             " vs baseline {b:.0} msg/s ({:.2}×) consuming while publishing; backlog {:.0} vs {base_backlog:.0} msg/s ({:.2}×)",
             ratio(keel_rate, b),
-            backlog.rate,
-            ratio(backlog.rate, base_backlog)
+            backlog_rate,
+            ratio(backlog_rate, base_backlog)
         )),
         None => summary.push_str(&format!(
             " vs baseline {base_backlog:.0} msg/s ({:.2}×); backlog {:.0} msg/s",
             ratio(keel_rate, base_backlog),
-            backlog.rate
+            backlog_rate
         )),
     }
     summary.push_str(&format!(
@@ -272,6 +300,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
     ));
     println!("{summary}");
     Ok(())
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn rand_u32() -> u32 {
@@ -426,16 +460,17 @@ async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, S
 }
 
 /// Deletes the streams the NATS bus created for this run's destinations.
-async fn remove_nats_streams(url: &str, tag: &str) {
+async fn remove_nats_streams(url: &str, tag: &str, rounds: usize) {
     let Ok(bus) = keel_bus_nats::NatsBus::connect(url).await else {
         return;
     };
     let partitions = bus.settings().partitions;
-    for dest in [
-        format!("bench.tp.{tag}"),
-        format!("bench.bl.{tag}"),
-        format!("bench.lat.{tag}"),
-    ] {
+    let mut dests = vec![format!("bench.lat.{tag}")];
+    for r in 0..rounds {
+        dests.push(format!("bench.tp.{tag}.{r}"));
+        dests.push(format!("bench.bl.{tag}.{r}"));
+    }
+    for dest in dests {
         for p in 0..partitions {
             let _ = bus
                 .jetstream()
