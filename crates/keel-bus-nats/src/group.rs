@@ -97,6 +97,9 @@ pub(crate) fn assignment(live: &[String], me: &str, partitions: u32) -> Vec<u32>
     (0..partitions).filter(|p| p % n == index as u32).collect()
 }
 
+/// How often a held lease is rewritten (the bucket drops keys untouched for 24 h).
+const LEASE_REWRITE: Duration = Duration::from_secs(3600);
+
 /// Runs a partition until its token is cancelled.
 pub(crate) type Spawn = Arc<dyn Fn(u32, CancellationToken) -> JoinHandle<()> + Send + Sync>;
 
@@ -259,6 +262,7 @@ impl Member {
         // Workers told to stop; their leases go back once they have.
         let mut stopping: Vec<(u32, Option<u64>, Worker)> = Vec::new();
         let mut beaten = Instant::now();
+        let mut renewed = Instant::now();
         tick.tick().await; // the first tick is now, and join() has just heartbeaten
         loop {
             // Heartbeat on the tick; rebalance then and whenever the view changes (a member
@@ -272,6 +276,18 @@ impl Member {
                         Ok(_) => beaten = sent,
                         Err(e) => tracing::warn!(error = %e, "group heartbeat failed"),
                     }
+                }
+            }
+            // Leases are rewritten now and then, so the bucket's maximum age (24 h) never
+            // removes one that is still held.
+            if renewed.elapsed() > LEASE_REWRITE {
+                renewed = Instant::now();
+                for (p, (revision, _)) in held.iter_mut() {
+                    let key = self.lease_key(*p);
+                    if let Ok(r) = self.store.update(&key, self.me.clone().into(), *revision).await {
+                        *revision = r;
+                    }
+                    // On failure another member took it: the view shows it, see `moving`.
                 }
             }
             // Give back what finished stopping.
