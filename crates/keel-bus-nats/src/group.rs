@@ -284,7 +284,11 @@ impl Member {
                 renewed = Instant::now();
                 for (p, (revision, _)) in held.iter_mut() {
                     let key = self.lease_key(*p);
-                    if let Ok(r) = self.store.update(&key, self.me.clone().into(), *revision).await {
+                    if let Ok(r) = self
+                        .store
+                        .update(&key, self.me.clone().into(), *revision)
+                        .await
+                    {
                         *revision = r;
                     }
                     // On failure another member took it: the view shows it, see `moving`.
