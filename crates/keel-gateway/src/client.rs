@@ -266,7 +266,11 @@ impl Http1Pool {
 
     fn checkin(&self, authority: &str, sender: Sender) {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = m.entry(Box::from(authority)).or_default();
+        // A known host (every request but the first) needs no owned key.
+        let list = match m.get_mut(authority) {
+            Some(list) => list,
+            None => m.entry(Box::from(authority)).or_default(),
+        };
         if list.len() < self.max_per_host {
             list.push((sender, std::time::Instant::now()));
         }
