@@ -1408,3 +1408,66 @@ async fn per_route_connect_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     drop(listener);
 }
+
+/// An upstream that counts the connections it accepted and answers every request with a
+/// fixed body (known length, or chunked for `/chunked`).
+async fn counting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use hyper::{Response, service::service_fn};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = if req.uri().path() == "/chunked" {
+                        let stream = futures::stream::iter(["one ", "two ", "three"].map(|p| {
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                bytes::Bytes::from(p),
+                            ))
+                        }));
+                        http_body_util::Either::Left(http_body_util::StreamBody::new(stream))
+                    } else {
+                        http_body_util::Either::Right(http_body_util::Full::new(
+                            bytes::Bytes::from("one two three"),
+                        ))
+                    };
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Upstream connections are kept alive and reused: many requests in a row, with bodies of
+/// known length and chunked ones, go over one connection.
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (addr, accepted) = counting_upstream().await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let c = client();
+    for i in 0..30 {
+        let path = if i % 2 == 0 { "/fixed" } else { "/chunked" };
+        let res = c.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), "one two three", "request {i}");
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "30 sequential requests opened {n} upstream connections"
+    );
+}
