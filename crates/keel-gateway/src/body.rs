@@ -38,8 +38,6 @@ pub enum Body {
     Incoming(Incoming),
     /// A streamed body cut off at a limit.
     Limited(Limited),
-    /// An upstream response streamed from a pooled connection this body drives.
-    Pooled(crate::client::PooledIncoming),
 }
 
 /// A streamed body with a byte limit; exceeding it ends the stream with [`BodyTooLarge`]
@@ -92,7 +90,6 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Limited(l) => {
                 let frame = match Pin::new(&mut l.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(f))) => f,
@@ -118,7 +115,6 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Pooled(b) => b.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
         }
     }
@@ -128,7 +124,6 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
-            Body::Pooled(b) => b.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
         }
     }

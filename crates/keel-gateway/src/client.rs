@@ -3,11 +3,8 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, Mutex, OnceLock},
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -71,26 +68,8 @@ impl Clients {
 /// One HTTP/1 upstream connection's request handle.
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
-/// What moves one HTTP/1 upstream connection's bytes: hyper's connection future (with
-/// upgrades), polled by the request that uses the connection — no task of its own.
-type Driver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
-/// An upstream connection: its request handle and its driver.
-pub(crate) struct Conn {
-    sender: Sender,
-    driver: Driver,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("closed", &self.sender.is_closed())
-            .finish_non_exhaustive()
-    }
-}
-
 /// A pooled connection and when it went back into the pool.
-type IdleConn = (Conn, std::time::Instant);
+type IdleSender = (Sender, std::time::Instant);
 
 /// Why a pooled HTTP/1 call failed.
 #[derive(Debug)]
@@ -102,14 +81,13 @@ pub(crate) enum PoolError {
 }
 
 /// A lean keep-alive pool of HTTP/1 connections per upstream `host:port`, on hyper's
-/// connection API: a call takes an idle connection, or opens one, and drives it itself —
-/// while waiting for the response head, then from the response body ([`PooledIncoming`]),
-/// which puts the connection back once the body has been read to its end. No task and no
-/// channel hop per connection: the request's own task does the I/O, as nginx's worker
-/// does. A request that a stale connection refused before sending is retried on another.
+/// connection API: a call takes a connection that is ready (its previous response fully
+/// read), or opens one; the connection goes back as soon as the response head arrives and
+/// is picked again once its body has been streamed. A request that a stale connection
+/// refused before sending is retried on another one.
 #[derive(Debug, Clone)]
 pub(crate) struct Http1Pool {
-    idle: Arc<Mutex<HashMap<Arc<str>, Vec<IdleConn>>>>,
+    idle: Arc<Mutex<HashMap<Box<str>, Vec<IdleSender>>>>,
     max_per_host: usize,
     idle_timeout: Duration,
     tls: Arc<UpstreamTls>,
@@ -269,33 +247,32 @@ impl Http1Pool {
         }
     }
 
-    /// An idle connection to `authority`, newest first (the likeliest to still be open), and
-    /// the pool's key for it.
-    fn checkout(&self, authority: &str) -> (Option<Conn>, Option<Arc<str>>) {
+    fn checkout(&self, authority: &str) -> Option<Sender> {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(key) = m.get_key_value(authority).map(|(k, _)| k.clone()) else {
-            return (None, None);
-        };
-        let Some(list) = m.get_mut(authority) else {
-            return (None, Some(key));
-        };
-        while let Some((conn, since)) = list.pop() {
-            if !conn.sender.is_closed() && since.elapsed() <= self.idle_timeout {
-                return (Some(conn), Some(key));
+        let list = m.get_mut(authority)?;
+        // Newest first: the most recently used connection is the likeliest to be ready.
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, since) = &list[i];
+            if sender.is_closed() || since.elapsed() > self.idle_timeout {
+                list.swap_remove(i);
+            } else if sender.is_ready() {
+                return Some(list.swap_remove(i).0);
             }
         }
-        (None, Some(key))
+        None
     }
 
-    fn checkin(&self, key: &Arc<str>, conn: Conn) {
+    fn checkin(&self, authority: &str, sender: Sender) {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // A known host (every request but the first) needs no new key.
-        let list = match m.get_mut(&**key) {
+        // A known host (every request but the first) needs no owned key.
+        let list = match m.get_mut(authority) {
             Some(list) => list,
-            None => m.entry(key.clone()).or_default(),
+            None => m.entry(Box::from(authority)).or_default(),
         };
         if list.len() < self.max_per_host {
-            list.push((conn, std::time::Instant::now()));
+            list.push((sender, std::time::Instant::now()));
         }
     }
 
@@ -304,7 +281,7 @@ impl Http1Pool {
         authority: &str,
         tls: bool,
         timeout: Duration,
-    ) -> Result<Conn, PoolError> {
+    ) -> Result<Sender, PoolError> {
         let connect = async {
             let stream = tokio::net::TcpStream::connect(authority)
                 .await
@@ -342,15 +319,14 @@ impl Http1Pool {
         tls: bool,
         connect_timeout: Duration,
         mut req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, PoolError> {
+    ) -> Result<http::Response<hyper::body::Incoming>, PoolError> {
         // TLS and plain connections to one host:port are pooled apart.
-        let tls_key;
-        let authority_key = if tls {
-            tls_key = format!("tls:{authority}");
-            tls_key.as_str()
+        let key: std::borrow::Cow<'_, str> = if tls {
+            format!("tls:{authority}").into()
         } else {
-            authority
+            authority.into()
         };
+        let authority_key = key.as_ref();
         // An origin server is sent the origin form (`GET /path?query`); the authority travels
         // in `Host`. (The absolute form is for requests to proxies.)
         if req.uri().authority().is_some() {
@@ -362,10 +338,8 @@ impl Http1Pool {
             *req.uri_mut() = origin;
         }
         loop {
-            let (idle, key) = self.checkout(authority_key);
-            let key = key.unwrap_or_else(|| Arc::from(authority_key));
-            let (mut conn, reused) = match idle {
-                Some(c) => (c, true),
+            let (mut sender, reused) = match self.checkout(authority_key) {
+                Some(s) => (s, true),
                 // Boxed: connecting (TCP, TLS, handshake) is rare next to reusing a pooled
                 // connection, and its large state would otherwise be moved with every request.
                 None => (
@@ -373,63 +347,12 @@ impl Http1Pool {
                     false,
                 ),
             };
-            // Ready for a request, or closed: the driver goes first, so that a close the
-            // upstream sent while the connection sat idle (nobody polled it) is seen now,
-            // before a request is written into it.
-            let open = std::future::poll_fn(|cx| {
-                if conn.driver.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                conn.sender.poll_ready(cx).map(|r| r.is_ok())
-            })
-            .await;
-            if !open {
-                if reused {
-                    continue;
-                }
-                return Err(PoolError::Connect(format!(
-                    "the connection to {authority} closed at once"
-                )));
-            }
-            let Conn { sender, driver } = &mut conn;
-            let mut driver_done = false;
-            let response = {
-                let call = sender.try_send_request(req);
-                tokio::pin!(call);
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = call.as_mut().poll(cx) {
-                        return Poll::Ready(r);
-                    }
-                    if !driver_done && driver.as_mut().poll(cx).is_ready() {
-                        driver_done = true;
-                        // The connection is over. Dropping what drove it drops its queue too,
-                        // so a request it never took comes back (to be retried) instead of
-                        // waiting forever.
-                        *driver = Box::pin(std::future::ready(Ok(())));
-                        return call.as_mut().poll(cx);
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
-            match response {
+            match sender.try_send_request(req).await {
                 Ok(res) => {
-                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS || driver_done {
-                        // The connection becomes the tunnel (or is gone): its driver carries
-                        // on alone, and it is not pooled.
-                        if !driver_done {
-                            tokio::spawn(conn.driver);
-                        }
-                        return Ok(res.map(Body::Incoming));
+                    if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        self.checkin(authority_key, sender);
                     }
-                    return Ok(res.map(|inner| {
-                        Body::Pooled(PooledIncoming {
-                            inner,
-                            conn: Some(conn),
-                            pool: self.clone(),
-                            key,
-                        })
-                    }));
+                    return Ok(res);
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: a reused connection went stale; try a fresh one.
@@ -441,66 +364,7 @@ impl Http1Pool {
     }
 }
 
-/// An upstream response body that drives its connection while it is read, and gives the
-/// connection back to the pool once read to its end. Dropped earlier, it closes the
-/// connection.
-pub struct PooledIncoming {
-    inner: hyper::body::Incoming,
-    conn: Option<Conn>,
-    pool: Http1Pool,
-    key: Arc<str>,
-}
-
-impl std::fmt::Debug for PooledIncoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledIncoming")
-            .field("inner", &self.inner)
-            .field("pooled", &self.conn.is_some())
-            .finish()
-    }
-}
-
-impl http_body::Body for PooledIncoming {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(c) = this.conn.as_mut()
-            && c.driver.as_mut().poll(cx).is_ready()
-        {
-            this.conn = None; // closed: nothing to give back
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        // The last frame (a reader that knows the length stops here, without asking again)
-        // or the end: the exchange is over and the connection can serve another.
-        let over = match &frame {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if over
-            && let Some(mut c) = this.conn.take()
-            && c.driver.as_mut().poll(cx).is_pending()
-        {
-            this.pool.checkin(&this.key, c);
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-async fn handshake<S>(stream: S) -> Result<Conn, PoolError>
+async fn handshake<S>(stream: S) -> Result<Sender, PoolError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -508,8 +372,10 @@ where
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| PoolError::Connect(e.to_string()))?;
-    Ok(Conn {
-        sender,
-        driver: Box::pin(conn.with_upgrades()),
-    })
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

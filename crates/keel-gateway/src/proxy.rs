@@ -522,7 +522,7 @@ impl Proxy {
                     }
                     return res.map(|_| Body::Empty);
                 }
-                res
+                res.map(Body::Incoming)
             }
             Err(e) => e.into_problem(&route.id, &ex.path),
         }
@@ -591,7 +591,7 @@ impl Proxy {
         ex: &Exchange,
         body: Body,
         avoid: &mut Vec<String>,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let timeout = [
             route.response_timeout.or(self.response_timeout),
             route.breaker.as_ref().and_then(|b| b.time_limit),
@@ -621,7 +621,7 @@ impl Proxy {
         ex: &Exchange,
         body: Body,
         avoid: &mut Vec<String>,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let (authority, h2c, tls, host, pick) = match target {
             Target::Http {
                 authority,
@@ -654,11 +654,7 @@ impl Proxy {
         let call = async {
             if h2c {
                 let client = self.clients.get(connect_timeout, true);
-                client
-                    .request(req)
-                    .await
-                    .map(|res| res.map(Body::Incoming))
-                    .map_err(|e| classify(&e))
+                client.request(req).await.map_err(|e| classify(&e))
             } else {
                 let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
                 self.pool
