@@ -233,131 +233,141 @@ impl Group {
         // While the next message is missing: when to look at the ack floor again.
         let mut gap_check = Duration::from_millis(20);
         let mut gap_at: Option<Instant> = None;
-        loop {
-            if stop.is_cancelled() {
-                acks.flush().await;
-                release(buffer, fetch).await;
-                return Ok(());
-            }
-            // Redeliveries of what was handled already (an acknowledgement that got lost).
-            while let Some(entry) = buffer.first_entry()
-                && *entry.key() < next
-            {
-                let _ = entry.remove().ack().await;
-            }
-            if let Some(entry) = buffer.first_entry()
-                && *entry.key() == next
-            {
-                let m = entry.remove();
-                gap_at = None;
-                gap_check = Duration::from_millis(20);
-                let outcome = {
-                    let work = self.process(partition, &m, stop);
-                    tokio::pin!(work);
-                    let every = self.progress_interval();
-                    let mut keep = tokio::time::interval_at(Instant::now() + every, every);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            outcome = &mut work => break outcome,
-                            item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
-                            _ = acks.due() => acks.flush().await,
-                            _ = keep.tick() => {
-                                // A slow message: settle what is handled, keep the rest.
-                                acks.flush().await;
-                                for m in buffer.values() {
-                                    in_progress(m).await;
+        let acks_ref = &mut acks;
+        let result: Result<(), BusError> = async {
+            let acks = acks_ref;
+            loop {
+                if stop.is_cancelled() {
+                    acks.flush().await;
+                    release(buffer, fetch).await;
+                    return Ok(());
+                }
+                // Redeliveries of what was handled already (an acknowledgement that got lost).
+                while let Some(entry) = buffer.first_entry()
+                    && *entry.key() < next
+                {
+                    let _ = entry.remove().ack().await;
+                }
+                if let Some(entry) = buffer.first_entry()
+                    && *entry.key() == next
+                {
+                    let m = entry.remove();
+                    gap_at = None;
+                    gap_check = Duration::from_millis(20);
+                    let outcome = {
+                        let work = self.process(partition, &m, stop);
+                        tokio::pin!(work);
+                        let every = self.progress_interval();
+                        let mut keep = tokio::time::interval_at(Instant::now() + every, every);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                outcome = &mut work => break outcome,
+                                item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                                _ = acks.due() => acks.flush().await,
+                                _ = keep.tick() => {
+                                    // A slow message: settle what is handled, keep the rest.
+                                    acks.flush().await;
+                                    for m in buffer.values() {
+                                        in_progress(m).await;
+                                    }
                                 }
                             }
                         }
+                    };
+                    match outcome {
+                        Outcome::Handled => {
+                            acks.handled(m).await;
+                            self.metrics.delivered.increment(1);
+                            next += 1;
+                        }
+                        Outcome::Done => next += 1,
+                        Outcome::Released => {
+                            acks.flush().await;
+                            release(buffer, fetch).await;
+                            return Ok(());
+                        }
                     }
-                };
-                match outcome {
-                    Outcome::Handled => {
-                        acks.handled(m).await;
-                        self.metrics.delivered.increment(1);
-                        next += 1;
-                    }
-                    Outcome::Done => next += 1,
-                    Outcome::Released => {
-                        acks.flush().await;
-                        release(buffer, fetch).await;
-                        return Ok(());
-                    }
+                    continue;
                 }
-                continue;
-            }
-            // Nothing to handle now: the buffer is empty, or waits for an earlier message.
-            acks.idle();
-            let gapped = !buffer.is_empty();
-            if fetch.is_none() {
-                let room = (2 * batch).saturating_sub(buffer.len()).max(1);
-                let timeout = self.bus.settings().request_timeout;
-                let waiting = !busy || gapped;
-                // Sending a pull request can hang on a connection being re-established:
-                // bounded, and given up when stopping.
-                let open = async {
-                    if waiting {
-                        // No idle heartbeats: async-nats 0.51's batch stream swallows one
-                        // without asking to be woken again, and would sit on the messages after
-                        // it. A lost request is noticed by its deadline instead.
-                        consumer
-                            .batch()
-                            .max_messages(room.min(batch))
-                            .expires(LONG_POLL)
-                            .messages()
-                            .await
+                // Nothing to handle now: the buffer is empty, or waits for an earlier message.
+                acks.idle();
+                let gapped = !buffer.is_empty();
+                if fetch.is_none() {
+                    let room = (2 * batch).saturating_sub(buffer.len()).max(1);
+                    let timeout = self.bus.settings().request_timeout;
+                    let waiting = !busy || gapped;
+                    // Sending a pull request can hang on a connection being re-established:
+                    // bounded, and given up when stopping.
+                    let open = async {
+                        if waiting {
+                            // No idle heartbeats: async-nats 0.51's batch stream swallows one
+                            // without asking to be woken again, and would sit on the messages after
+                            // it. A lost request is noticed by its deadline instead.
+                            consumer
+                                .batch()
+                                .max_messages(room.min(batch))
+                                .expires(LONG_POLL)
+                                .messages()
+                                .await
+                        } else {
+                            consumer
+                                .fetch()
+                                .max_messages(room.min(batch))
+                                .messages()
+                                .await
+                        }
+                    };
+                    let batch = tokio::select! {
+                        _ = stop.cancelled() => continue,
+                        opened = tokio::time::timeout(timeout, open) => match opened {
+                            Ok(Ok(batch)) => batch,
+                            Ok(Err(e)) => return Err(self.bus.unavailable(format!("pull: {e}"))),
+                            Err(_) => return Err(self.bus.unavailable("pull request not sent in time")),
+                        },
+                    };
+                    let open_for = if waiting {
+                        LONG_POLL + timeout
                     } else {
-                        consumer
-                            .fetch()
-                            .max_messages(room.min(batch))
-                            .messages()
-                            .await
+                        timeout
+                    };
+                    fetch = Some(Fetch {
+                        batch,
+                        waiting,
+                        got: 0,
+                        deadline: Instant::now() + open_for,
+                    });
+                }
+                if gapped && gap_at.is_none() {
+                    gap_at = Some(Instant::now() + gap_check);
+                }
+                let check = async {
+                    match gap_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
                 };
-                let batch = tokio::select! {
-                    _ = stop.cancelled() => continue,
-                    opened = tokio::time::timeout(timeout, open) => match opened {
-                        Ok(Ok(batch)) => batch,
-                        Ok(Err(e)) => return Err(self.bus.unavailable(format!("pull: {e}"))),
-                        Err(_) => return Err(self.bus.unavailable("pull request not sent in time")),
-                    },
-                };
-                let open_for = if waiting {
-                    LONG_POLL + timeout
-                } else {
-                    timeout
-                };
-                fetch = Some(Fetch {
-                    batch,
-                    waiting,
-                    got: 0,
-                    deadline: Instant::now() + open_for,
-                });
-            }
-            if gapped && gap_at.is_none() {
-                gap_at = Some(Instant::now() + gap_check);
-            }
-            let check = async {
-                match gap_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {}
-                item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
-                _ = acks.due() => acks.flush().await,
-                _ = check => {
-                    let first = buffer.keys().next().copied().unwrap_or(next);
-                    next = self.floor(&consumer, &stream, next).await?;
-                    next = self.skip_deleted(&stream, next, first).await?;
-                    gap_at = None;
-                    gap_check = (gap_check * 2).min(Duration::from_secs(1));
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {}
+                    item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
+                    _ = acks.due() => acks.flush().await,
+                    _ = check => {
+                        let first = buffer.keys().next().copied().unwrap_or(next);
+                        next = self.floor(&consumer, &stream, next).await?;
+                        next = self.skip_deleted(&stream, next, first).await?;
+                        gap_at = None;
+                        gap_check = (gap_check * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         }
+        .await;
+        if result.is_err() {
+            // Starting over: settle what was handled, so that it is not handled again.
+            acks.flush().await;
+        }
+        result
     }
 
     /// The partition's next sequence to handle, at least `at_least`: after the consumer's ack
