@@ -207,6 +207,11 @@ enum Bench {
         /// Throughput rounds (Keel and the baselines alternate; medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Also report the CPU time per message of the benchmark process and of a broker on
+        /// this machine (`--server-pid $(pgrep -x nats-server)`) in each throughput run, read
+        /// from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Sagas: completed three-step sagas per second beside the store's commit bound.
     Saga {
@@ -447,6 +452,7 @@ fn main() -> ExitCode {
                 layout_max_ack_pending,
                 layout_without_msg_id,
                 rounds,
+                server_pid,
             }) => keel_bench::bus::run(keel_bench::bus::Options {
                 backend,
                 messages,
@@ -456,6 +462,7 @@ fn main() -> ExitCode {
                 layout_max_ack_pending,
                 layout_msg_id: !layout_without_msg_id,
                 rounds,
+                server_pid,
             })
             .await
             .map_err(anyhow::Error::msg),

@@ -3,7 +3,10 @@
 //! while messages are published, and the group draining a backlog published before it
 //! started — and latency at a fixed rate, beside a baseline doing the same work without Keel
 //! in the same run: for SQLite, raw inserts and reads of the same rows; for NATS, the raw
-//! `async-nats` JetStream client publishing and pulling the same messages in both shapes.
+//! `async-nats` JetStream client publishing (with `Nats-Msg-Id`, as the bus de-duplicates
+//! publishes, and without) and pulling the same messages in both shapes, and the raw client
+//! on the bus's own wire layout. With `--server-pid`, each run's CPU time per message of the
+//! benchmark process and of the broker is reported too.
 
 use std::{
     sync::{
@@ -38,6 +41,9 @@ pub struct Options {
     pub layout_msg_id: bool,
     /// Throughput rounds; Keel and the baselines alternate, and medians are reported.
     pub rounds: usize,
+    /// A broker process on this machine whose CPU time per message is reported beside the
+    /// benchmark's own.
+    pub server_pid: Option<u32>,
 }
 
 fn payload(n: usize) -> serde_json::Value {
@@ -146,30 +152,60 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // the raw client, so a busy moment of the machine hits both; medians are reported.
     let nats = opts.backend.starts_with("nats:");
     let rounds = opts.rounds.max(1);
-    let (mut lives, mut backlogs, mut base_lives, mut base_backlogs, mut layouts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let meter = Meter {
+        server: opts.server_pid,
+        messages: opts.messages.max(1),
+    };
+    let mut keel = Series::new(format!("keel ({})", bus.backend()));
+    // NATS: the raw client publishing with `Nats-Msg-Id` (the bus's de-duplication), and
+    // without; then the bus's whole wire layout.
+    let mut raw_dedup = Series::new("raw async-nats, dedup".into());
+    let mut raw_plain = Series::new("raw async-nats, plain".into());
+    let mut layout = Series::new("raw async-nats, layout".into());
     let mut live = None;
     for r in 0..rounds {
-        let round = throughput(&*bus, &opts, &format!("bench.tp.{tag}.{r}"), Shape::Live).await?;
-        lives.push(round.rate);
-        live = Some(round);
-        backlogs.push(
-            throughput(&*bus, &opts, &format!("bench.bl.{tag}.{r}"), Shape::Backlog)
-                .await?
-                .rate,
-        );
+        let (tp, bl) = (format!("bench.tp.{tag}.{r}"), format!("bench.bl.{tag}.{r}"));
+        meter
+            .run(&mut keel, Shape::Live, async {
+                let round = throughput(&*bus, &opts, &tp, Shape::Live).await?;
+                let rate = round.rate;
+                live = Some(round);
+                Ok(rate)
+            })
+            .await?;
+        meter
+            .run(&mut keel, Shape::Backlog, async {
+                Ok(throughput(&*bus, &opts, &bl, Shape::Backlog).await?.rate)
+            })
+            .await?;
         if nats {
+            // Every measurement starts from the same server state: the baselines delete their
+            // streams after each run, so Keel's go too (with their de-duplication windows).
+            remove_nats_streams(&opts.backend, &[tp, bl]).await;
             let round_tag = format!("{tag}r{r}");
-            layouts.push(nats_layout_baseline(&opts, &round_tag).await?);
-            base_lives.push(nats_baseline(&opts, &round_tag, Shape::Live).await?);
-            base_backlogs.push(nats_baseline(&opts, &round_tag, Shape::Backlog).await?);
+            meter
+                .run(
+                    &mut layout,
+                    Shape::Live,
+                    nats_layout_baseline(&opts, &round_tag),
+                )
+                .await?;
+            for (series, msg_id) in [(&mut raw_dedup, true), (&mut raw_plain, false)] {
+                for shape in [Shape::Live, Shape::Backlog] {
+                    meter
+                        .run(
+                            series,
+                            shape,
+                            nats_baseline(&opts, &round_tag, shape, msg_id),
+                        )
+                        .await?;
+                }
+            }
         }
     }
     let Some(live) = live else {
         return Err("no round ran".into());
     };
-    let keel_rate = median(&mut lives);
-    let backlog_rate = median(&mut backlogs);
 
     // Latency at a fixed rate.
     let dest = format!("bench.lat.{tag}");
@@ -209,51 +245,22 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let lat = samples.lock().unwrap().clone();
 
     if nats {
-        remove_nats_streams(&opts.backend, &tag, rounds).await;
+        remove_nats_streams(&opts.backend, &[dest]).await;
     }
-    // Baselines, measured in the same process (NATS: alternating with Keel's rounds).
-    let (base_name, base_live, base_backlog, layout) = if opts.backend.starts_with("sqlite:") {
-        (
-            ("raw SQLite", "inserts, then reads of the same rows"),
-            None,
-            sqlite_baseline(&opts).await?,
-            None,
-        )
-    } else if nats {
-        (
-            (
-                "raw async-nats",
-                "one stream, one pull consumer with up to 1,000 unacknowledged",
-            ),
-            Some(median(&mut base_lives)),
-            median(&mut base_backlogs),
-            Some(median(&mut layouts)),
-        )
-    } else {
-        (("none", ""), None, 0.0, None)
-    };
+
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    println!(
-        "  {:<26} {:>28} {:>25}",
-        "msg/s", "consuming while publishing", "publish all, then drain"
-    );
-    let row = |name: &str, live: Option<f64>, backlog: Option<f64>| {
-        let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-        println!("  {name:<26} {:>28} {:>25}", f(live), f(backlog));
-    };
-    row(
-        &format!("keel ({})", bus.backend()),
-        Some(keel_rate),
-        Some(backlog_rate),
-    );
-    row(base_name.0, base_live, Some(base_backlog));
-    if let Some(rate) = layout {
-        row("raw async-nats, layout", Some(rate), None);
-    }
-    println!("  {}: {}", base_name.0, base_name.1);
-    if layout.is_some() {
-        println!(
-            "  raw async-nats, layout: the NATS bus's wire layout — {LAYOUT_PARTITIONS} partition streams, \
+    let mut series = vec![keel];
+    let mut notes: Vec<String> = Vec::new();
+    if nats {
+        series.extend([raw_dedup, raw_plain, layout]);
+        notes.push(
+            "raw async-nats, dedup: one stream, one pull consumer with up to 1,000 unacknowledged, \
+             each publish with a Nats-Msg-Id (the bus's publish de-duplication)"
+                .into(),
+        );
+        notes.push("raw async-nats, plain: the same without Nats-Msg-Id".into());
+        notes.push(format!(
+            "raw async-nats, layout: the NATS bus's wire layout — {LAYOUT_PARTITIONS} partition streams, \
              envelope bodies {}, up to {} unacknowledged per partition, acknowledge-all every {LAYOUT_ACK_EVERY}{}",
             if opts.layout_msg_id {
                 "with Nats-Msg-Id"
@@ -266,7 +273,44 @@ pub async fn run(opts: Options) -> Result<(), String> {
             } else {
                 " (changed from the bus's by --layout-* flags)"
             }
-        );
+        ));
+    } else if opts.backend.starts_with("sqlite:") {
+        // The raw SQLite baseline has only the publish-then-read shape.
+        let mut raw = Series::new("raw SQLite".into());
+        meter
+            .run(&mut raw, Shape::Backlog, sqlite_baseline(&opts))
+            .await?;
+        series.push(raw);
+        notes.push("raw SQLite: inserts, then reads of the same rows".into());
+    }
+    let row = |name: &str, live: String, backlog: String| {
+        println!("  {name:<26} {live:>28} {backlog:>25}");
+    };
+    row(
+        "msg/s",
+        "consuming while publishing".into(),
+        "publish all, then drain".into(),
+    );
+    let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    for s in &series {
+        row(&s.name, f(s.rate(Shape::Live)), f(s.rate(Shape::Backlog)));
+    }
+    for note in &notes {
+        println!("  {note}");
+    }
+    if let Some(pid) = opts.server_pid {
+        let both = || "benchmark process / broker".to_owned();
+        row("CPU µs per message (median)", both(), both());
+        let f = |v: Option<(f64, f64)>| {
+            v.map_or_else(
+                || "-".to_owned(),
+                |(me, server)| format!("{me:.1} / {server:.1}"),
+            )
+        };
+        for s in &series {
+            row(&s.name, f(s.cpu(Shape::Live)), f(s.cpu(Shape::Backlog)));
+        }
+        println!("  broker: pid {pid}; CPU time from /proc, over each whole run");
     }
     println!(
         "  keel published {} messages in {}, all handled in {} (consuming while publishing, last round)",
@@ -279,19 +323,39 @@ pub async fn run(opts: Options) -> Result<(), String> {
         opts.rate,
         lat.summary()
     );
-    let mut summary = format!("summary: {} {keel_rate:.0} msg/s", bus.backend());
-    match base_live {
-        Some(b) => summary.push_str(&format!(
-            " vs baseline {b:.0} msg/s ({:.2}×) consuming while publishing; backlog {:.0} vs {base_backlog:.0} msg/s ({:.2}×)",
-            ratio(keel_rate, b),
-            backlog_rate,
-            ratio(backlog_rate, base_backlog)
-        )),
-        None => summary.push_str(&format!(
-            " vs baseline {base_backlog:.0} msg/s ({:.2}×); backlog {:.0} msg/s",
-            ratio(keel_rate, base_backlog),
-            backlog_rate
-        )),
+    let keel = &series[0];
+    let (k_live, k_backlog) = (
+        keel.rate(Shape::Live).unwrap_or(0.0),
+        keel.rate(Shape::Backlog).unwrap_or(0.0),
+    );
+    let mut summary = format!("summary: {} {k_live:.0} msg/s", bus.backend());
+    match series.get(1) {
+        Some(base) if nats => {
+            let (b_live, b_backlog) = (
+                base.rate(Shape::Live).unwrap_or(0.0),
+                base.rate(Shape::Backlog).unwrap_or(0.0),
+            );
+            summary.push_str(&format!(
+                " vs raw client {b_live:.0} msg/s ({:.2}×) consuming while publishing; backlog {k_backlog:.0} vs {b_backlog:.0} msg/s ({:.2}×)",
+                ratio(k_live, b_live),
+                ratio(k_backlog, b_backlog)
+            ));
+            if let Some(plain) = series.get(2) {
+                summary.push_str(&format!(
+                    "; raw client without de-duplication: {:.2}× and {:.2}×",
+                    ratio(k_live, plain.rate(Shape::Live).unwrap_or(0.0)),
+                    ratio(k_backlog, plain.rate(Shape::Backlog).unwrap_or(0.0))
+                ));
+            }
+        }
+        Some(base) => {
+            let b = base.rate(Shape::Backlog).unwrap_or(0.0);
+            summary.push_str(&format!(
+                " vs baseline {b:.0} msg/s ({:.2}×); backlog {k_backlog:.0} msg/s",
+                ratio(k_live, b)
+            ));
+        }
+        None => {}
     }
     summary.push_str(&format!(
         "; p99 {} at {} msg/s",
@@ -300,6 +364,92 @@ pub async fn run(opts: Options) -> Result<(), String> {
     ));
     println!("{summary}");
     Ok(())
+}
+
+/// One kind of measured run: throughput and CPU use per round, in both shapes.
+struct Series {
+    name: String,
+    /// Per shape (live, backlog): msg/s per round.
+    rates: [Vec<f64>; 2],
+    /// Per shape: (benchmark process, broker) CPU µs per message per round.
+    cpu: [Vec<(f64, f64)>; 2],
+}
+
+impl Series {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            rates: Default::default(),
+            cpu: Default::default(),
+        }
+    }
+
+    fn index(shape: Shape) -> usize {
+        match shape {
+            Shape::Live => 0,
+            Shape::Backlog => 1,
+        }
+    }
+
+    /// The median rate in `shape`, if it was measured.
+    fn rate(&self, shape: Shape) -> Option<f64> {
+        let mut v = self.rates[Self::index(shape)].clone();
+        (!v.is_empty()).then(|| median(&mut v))
+    }
+
+    /// The median CPU use per message in `shape`, if it was measured.
+    fn cpu(&self, shape: Shape) -> Option<(f64, f64)> {
+        let runs = &self.cpu[Self::index(shape)];
+        if runs.is_empty() {
+            return None;
+        }
+        let mut me: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let mut server: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        Some((median(&mut me), median(&mut server)))
+    }
+}
+
+/// Measures runs: their rate, and with a broker pid the CPU time per message of this process
+/// and of the broker.
+struct Meter {
+    server: Option<u32>,
+    messages: usize,
+}
+
+impl Meter {
+    /// CPU time used so far by this process and the broker.
+    fn now(&self) -> Option<(Duration, Duration)> {
+        let server = self.server?;
+        Some((cpu_time("self")?, cpu_time(&server.to_string())?))
+    }
+
+    /// Runs `run` (which yields msg/s) and files its figures under `series`.
+    async fn run(
+        &self,
+        series: &mut Series,
+        shape: Shape,
+        run: impl std::future::Future<Output = Result<f64, String>>,
+    ) -> Result<f64, String> {
+        let before = self.now();
+        let rate = run.await?;
+        let i = Series::index(shape);
+        series.rates[i].push(rate);
+        if let (Some((me0, server0)), Some((me1, server1))) = (before, self.now()) {
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / self.messages as f64;
+            series.cpu[i].push((per(me1 - me0), per(server1 - server0)));
+        }
+        Ok(rate)
+    }
+}
+
+/// User plus system CPU time of process `pid` (or `self`), from /proc (Linux; 100 ticks a
+/// second).
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command in parentheses: the state (field 3) … utime (14) and stime (15).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// The median of `values` (the upper one of an even count).
@@ -382,8 +532,15 @@ async fn sqlite_baseline(opts: &Options) -> Result<f64, String> {
 
 /// The raw JetStream client publishing the same messages (acknowledged, pipelined per batch)
 /// into one stream and pulling them back with one durable consumer (up to 1,000
-/// unacknowledged), in the given shape.
-async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, String> {
+/// unacknowledged), in the given shape; with `msg_id`, each publish carries a `Nats-Msg-Id`
+/// (made before the clock starts, as the bus's messages are) for the server's de-duplication.
+async fn nats_baseline(
+    opts: &Options,
+    tag: &str,
+    shape: Shape,
+    msg_id: bool,
+) -> Result<f64, String> {
+    use async_nats::jetstream::message::PublishMessage;
     use futures::StreamExt;
     let client = async_nats::connect(&opts.backend)
         .await
@@ -394,8 +551,16 @@ async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, S
     } else {
         "BACKLOG"
     };
-    let stream_name = format!("BENCH_BASE_{which}_{tag}");
-    let subject = format!("bench.base.{which}.{tag}");
+    let variant = if msg_id { "ID" } else { "PLAIN" };
+    let stream_name = format!("BENCH_BASE_{which}_{variant}_{tag}");
+    let subject = format!("bench.base.{which}.{variant}.{tag}");
+    let ids: Vec<String> = if msg_id {
+        (0..opts.messages)
+            .map(|_| keel_messaging::new_id())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let stream = js
         .get_or_create_stream(async_nats::jetstream::stream::Config {
             name: stream_name.clone(),
@@ -439,8 +604,12 @@ async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, S
         let mut acks = Vec::with_capacity(chunk.len());
         for n in chunk {
             let body = serde_json::to_vec(&payload(*n)).unwrap_or_default();
+            let mut publish = PublishMessage::build().payload(body.into());
+            if let Some(id) = ids.get(*n) {
+                publish = publish.message_id(id);
+            }
             let ack = js
-                .publish(subject.clone(), body.into())
+                .send_publish(subject.clone(), publish)
                 .await
                 .map_err(|e| e.to_string())?;
             acks.push(ack);
@@ -459,22 +628,16 @@ async fn nats_baseline(opts: &Options, tag: &str, shape: Shape) -> Result<f64, S
     Ok(got as f64 / elapsed.as_secs_f64())
 }
 
-/// Deletes the streams the NATS bus created for this run's destinations.
-async fn remove_nats_streams(url: &str, tag: &str, rounds: usize) {
+/// Deletes the streams the NATS bus created for `dests`.
+async fn remove_nats_streams(url: &str, dests: &[String]) {
     let Ok(bus) = keel_bus_nats::NatsBus::connect(url).await else {
         return;
     };
-    let partitions = bus.settings().partitions;
-    let mut dests = vec![format!("bench.lat.{tag}")];
-    for r in 0..rounds {
-        dests.push(format!("bench.tp.{tag}.{r}"));
-        dests.push(format!("bench.bl.{tag}.{r}"));
-    }
     for dest in dests {
-        for p in 0..partitions {
+        for p in 0..bus.settings().partitions {
             let _ = bus
                 .jetstream()
-                .delete_stream(bus.stream_name(&dest, p))
+                .delete_stream(bus.stream_name(dest, p))
                 .await;
         }
     }
