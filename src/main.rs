@@ -204,6 +204,10 @@ enum Bench {
         /// NATS only: publish the raw-client layout baseline without `Nats-Msg-Id`.
         #[arg(long)]
         layout_without_msg_id: bool,
+        /// NATS only: the raw-client layout baseline on one stream (a subject per partition)
+        /// with a filtered consumer per partition, instead of a stream per partition.
+        #[arg(long)]
+        layout_one_stream: bool,
         /// Throughput rounds (Keel and the baselines alternate; medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -451,6 +455,7 @@ fn main() -> ExitCode {
                 seconds,
                 layout_max_ack_pending,
                 layout_without_msg_id,
+                layout_one_stream,
                 rounds,
                 server_pid,
             }) => keel_bench::bus::run(keel_bench::bus::Options {
@@ -461,6 +466,7 @@ fn main() -> ExitCode {
                 seconds,
                 layout_max_ack_pending,
                 layout_msg_id: !layout_without_msg_id,
+                layout_one_stream,
                 rounds,
                 server_pid,
             })

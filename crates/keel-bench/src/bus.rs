@@ -39,6 +39,9 @@ pub struct Options {
     pub layout_max_ack_pending: i64,
     /// For the NATS layout baseline: send `Nats-Msg-Id` (the bus does).
     pub layout_msg_id: bool,
+    /// For the NATS layout baseline: one stream with a subject per partition and a filtered
+    /// consumer per partition, instead of the bus's stream per partition.
+    pub layout_one_stream: bool,
     /// Throughput rounds; Keel and the baselines alternate, and medians are reported.
     pub rounds: usize,
     /// A broker process on this machine whose CPU time per message is reported beside the
@@ -260,15 +263,23 @@ pub async fn run(opts: Options) -> Result<(), String> {
         );
         notes.push("raw async-nats, plain: the same without Nats-Msg-Id".into());
         notes.push(format!(
-            "raw async-nats, layout: the NATS bus's wire layout — {LAYOUT_PARTITIONS} partition streams, \
+            "raw async-nats, layout: the NATS bus's wire layout — {}, \
              envelope bodies {}, up to {} unacknowledged per partition, acknowledge-all every {LAYOUT_ACK_EVERY}{}",
+            if opts.layout_one_stream {
+                format!("one stream, {LAYOUT_PARTITIONS} partition subjects with a filtered consumer each")
+            } else {
+                format!("{LAYOUT_PARTITIONS} partition streams")
+            },
             if opts.layout_msg_id {
                 "with Nats-Msg-Id"
             } else {
                 "without Nats-Msg-Id"
             },
             opts.layout_max_ack_pending.max(1),
-            if opts.layout_msg_id && opts.layout_max_ack_pending == LAYOUT_MAX_ACK_PENDING {
+            if opts.layout_msg_id
+                && opts.layout_max_ack_pending == LAYOUT_MAX_ACK_PENDING
+                && !opts.layout_one_stream
+            {
                 ""
             } else {
                 " (changed from the bus's by --layout-* flags)"
@@ -652,8 +663,9 @@ const LAYOUT_ACK_EVERY: usize = 64;
 /// The raw client doing what the NATS bus does on the wire, without Keel: one stream per
 /// partition, the envelope as the body with `Nats-Msg-Id`, one durable acknowledge-all
 /// consumer per partition with up to 512 unacknowledged messages, acknowledged every 64th
-/// and at the last, consuming while publishing. The
-/// `layout_*` options vary the last two, to measure what they cost. The gap between
+/// and at the last, consuming while publishing. The `layout_*` options vary the last two, and
+/// put the partitions on one stream (a subject each, a filtered consumer each), to measure
+/// what they cost. The gap between
 /// this and the plain baseline is the price of the layout; the gap to Keel's figure is Keel's.
 async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
     use async_nats::jetstream::{
@@ -673,19 +685,32 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
             Message::new(format!("bench.layout.{tag}"), payload(n)).with_key(format!("k{}", n % 64))
         })
         .collect();
-    let mut tasks = Vec::new();
-    for p in 0..LAYOUT_PARTITIONS {
+    let streams: Vec<(String, String)> = if opts.layout_one_stream {
+        vec![(name(0), format!("bench.layout.{tag}.*"))]
+    } else {
+        (0..LAYOUT_PARTITIONS)
+            .map(|p| (name(p), subject(p)))
+            .collect()
+    };
+    let mut created = Vec::new();
+    for (name, subject) in &streams {
         let stream = js
             .create_stream(jetstream::stream::Config {
-                name: name(p),
-                subjects: vec![subject(p)],
+                name: name.clone(),
+                subjects: vec![subject.clone()],
                 ..Default::default()
             })
             .await
             .map_err(|e| e.to_string())?;
-        let consumer = stream
+        created.push(stream);
+    }
+    let mut tasks = Vec::new();
+    for p in 0..LAYOUT_PARTITIONS {
+        let one = opts.layout_one_stream;
+        let consumer = created[if one { 0 } else { p as usize }]
             .create_consumer(pull::Config {
-                durable_name: Some("base".into()),
+                durable_name: Some(format!("base{p}")),
+                filter_subject: if one { subject(p) } else { String::new() },
                 ack_policy: AckPolicy::All,
                 max_ack_pending: opts.layout_max_ack_pending.max(1),
                 ..Default::default()
@@ -739,8 +764,8 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
         got += t.await.map_err(|e| e.to_string())??;
     }
     let elapsed = start.elapsed();
-    for p in 0..LAYOUT_PARTITIONS {
-        let _ = js.delete_stream(name(p)).await;
+    for (name, _) in &streams {
+        let _ = js.delete_stream(name).await;
     }
     Ok(got as f64 / elapsed.as_secs_f64())
 }
