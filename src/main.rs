@@ -209,7 +209,7 @@ enum Bench {
         #[arg(long)]
         layout_one_stream: bool,
         /// Throughput rounds (Keel and the baselines alternate; medians are reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
         /// Also report the CPU time per message of the benchmark process and of a broker on
         /// this machine (`--server-pid $(pgrep -x nats-server)`) in each throughput run, read

@@ -29,11 +29,12 @@
 //! is missing) with backoff.
 
 use std::{
-    collections::BTreeMap,
+    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -144,8 +145,58 @@ fn max_ack_pending(pull_batch: usize) -> i64 {
     (2 * pull_batch.max(1)) as i64
 }
 
-/// A partition's messages delivered to this worker and not yet handled, by stream sequence.
-type Buffer = BTreeMap<u64, jetstream::Message>;
+/// A partition's messages delivered to this worker and not yet handled, in stream-sequence
+/// order. They nearly always arrive in order, so a sorted queue does with one move in and one
+/// out per message what a map of these large values would do with shifts inside its nodes.
+struct Buffer<M = jetstream::Message> {
+    queue: VecDeque<(u64, M)>,
+}
+
+impl<M> Default for Buffer<M> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<M> Buffer<M> {
+    /// Files `m` under stream sequence `seq`; a newer delivery of a sequence replaces the older.
+    fn insert(&mut self, seq: u64, m: M) {
+        match self.queue.back() {
+            Some((last, _)) if *last >= seq => {
+                match self.queue.binary_search_by_key(&seq, |(s, _)| *s) {
+                    Ok(i) => self.queue[i].1 = m,
+                    Err(i) => self.queue.insert(i, (seq, m)),
+                }
+            }
+            _ => self.queue.push_back((seq, m)),
+        }
+    }
+
+    /// The lowest sequence held.
+    fn first(&self) -> Option<u64> {
+        self.queue.front().map(|(s, _)| *s)
+    }
+
+    /// Takes the message with the lowest sequence.
+    fn pop_first(&mut self) -> Option<M> {
+        self.queue.pop_front().map(|(_, m)| m)
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The messages in sequence order.
+    fn values(&self) -> impl Iterator<Item = &M> {
+        self.queue.iter().map(|(_, m)| m)
+    }
+}
 
 impl Group {
     async fn consumer(
@@ -225,7 +276,7 @@ impl Group {
             .await?;
         let consumer = self.consumer(&stream, partition).await?;
         let batch = self.bus.settings().pull_batch.max(1);
-        let mut buffer = Buffer::new();
+        let mut buffer = Buffer::default();
         let mut fetch: Option<Fetch> = None;
         let mut busy = true;
         let mut next = self.floor(&consumer, &stream, 0).await?;
@@ -243,20 +294,24 @@ impl Group {
                     return Ok(());
                 }
                 // Redeliveries of what was handled already (an acknowledgement that got lost).
-                while let Some(entry) = buffer.first_entry()
-                    && *entry.key() < next
+                while let Some(seq) = buffer.first()
+                    && seq < next
+                    && let Some(m) = buffer.pop_first()
                 {
-                    let _ = entry.remove().ack().await;
+                    let _ = m.ack().await;
                 }
-                if let Some(entry) = buffer.first_entry()
-                    && *entry.key() == next
+                if buffer.first() == Some(next)
+                    && let Some(m) = buffer.pop_first()
                 {
-                    let m = entry.remove();
                     gap_at = None;
                     gap_check = Duration::from_millis(20);
-                    let outcome = {
+                    let outcome = 'outcome: {
                         let work = self.process(partition, &m, stop);
                         tokio::pin!(work);
+                        // Most messages are handled at the first poll: no timer, no select.
+                        if let Poll::Ready(outcome) = futures::poll!(&mut work) {
+                            break 'outcome outcome;
+                        }
                         let every = self.progress_interval();
                         let mut keep = tokio::time::interval_at(Instant::now() + every, every);
                         loop {
@@ -353,7 +408,7 @@ impl Group {
                     item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
                     _ = acks.due() => acks.flush().await,
                     _ = check => {
-                        let first = buffer.keys().next().copied().unwrap_or(next);
+                        let first = buffer.first().unwrap_or(next);
                         next = self.floor(&consumer, &stream, next).await?;
                         next = self.skip_deleted(&stream, next, first).await?;
                         gap_at = None;
@@ -437,9 +492,17 @@ impl Group {
             }
         };
         let mut attempt = delivered.max(1) as u32;
+        // The handler takes the message; a later attempt or the dead letter decodes it again.
+        let mut decoded = Some(message);
         loop {
+            let message = match decoded.take() {
+                Some(message) => message,
+                None => decode(&self.sub.destination, &m.payload)
+                    .unwrap_or_else(|_| raw_message(&self.sub.destination, m)),
+            };
+            let id = message.id.clone();
             let delivery = Delivery {
-                message: message.clone(),
+                message,
                 attempt,
                 partition,
             };
@@ -448,13 +511,15 @@ impl Group {
                 Err(e) => match self.sub.after_failure(attempt, &e) {
                     AfterFailure::RetryAfter(delay) => {
                         self.metrics.redelivered.increment(1);
-                        tracing::debug!(message_id = %message.id, attempt, error = %e, retry_in = ?delay, "handler failed; will redeliver");
+                        tracing::debug!(message_id = %id, attempt, error = %e, retry_in = ?delay, "handler failed; will redeliver");
                         if !self.hold(m, delay, stop).await {
                             return Outcome::Released;
                         }
                         attempt += 1;
                     }
                     AfterFailure::DeadLetter => {
+                        let message = decode(&self.sub.destination, &m.payload)
+                            .unwrap_or_else(|_| raw_message(&self.sub.destination, m));
                         return self.dead_letter(m, &message, attempt, &e, stop).await;
                     }
                 },
@@ -467,9 +532,12 @@ impl Group {
     async fn handle(&self, m: &jetstream::Message, delivery: Delivery) -> Result<(), HandlerError> {
         let work = handle_catching_panics(self.handler.as_ref(), delivery);
         tokio::pin!(work);
+        // A quick handler is done at the first poll, before any timer is made.
+        if let Poll::Ready(outcome) = futures::poll!(&mut work) {
+            return outcome;
+        }
         let every = self.progress_interval();
         loop {
-            // The handler is polled first: a quick one never touches the timer.
             match tokio::time::timeout(every, &mut work).await {
                 Ok(outcome) => return outcome,
                 Err(_) => in_progress(m).await,
@@ -766,5 +834,24 @@ mod tests {
         assert!(decode("orders", b"not json").is_err());
         assert!(decode("orders", br#"{"n": 1}"#).is_err());
         assert!(decode("orders", br#"{"id":"","destination":"x","payload":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_buffer_keeps_stream_order_and_the_newest_delivery() {
+        let mut b = Buffer::default();
+        for (seq, m) in [(5, "a"), (7, "b"), (6, "c"), (3, "d"), (7, "e"), (9, "f")] {
+            b.insert(seq, m);
+        }
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.first(), Some(3));
+        assert_eq!(
+            b.values().copied().collect::<Vec<_>>(),
+            ["d", "a", "c", "e", "f"]
+        );
+        assert_eq!(b.pop_first(), Some("d"));
+        assert_eq!(b.first(), Some(5));
+        while b.pop_first().is_some() {}
+        assert!(b.is_empty());
+        assert_eq!(b.first(), None);
     }
 }
