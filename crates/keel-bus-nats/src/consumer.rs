@@ -30,6 +30,7 @@
 
 use std::{
     collections::VecDeque,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -48,7 +49,7 @@ use keel_messaging::{
     AfterFailure, BusError, Consumer, Delivery, Handler, HandlerError, Message, Subscription,
     handle_catching_panics, headers,
 };
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -132,8 +133,10 @@ struct Fetch {
     /// fetch (answered at once with what there is).
     waiting: bool,
     got: usize,
-    /// A request whose end has not come by then was lost (a server restart, say).
-    deadline: Instant,
+    /// A request whose end has not come when this fires was lost (a server restart, say).
+    /// One timer for the request's life: a worker waits for every message of a live
+    /// partition, and a timer made per wait costs a registration and a removal each time.
+    expiry: Pin<Box<Sleep>>,
 }
 
 /// How long a long poll stays open on the server.
@@ -287,6 +290,9 @@ impl Group {
         let acks_ref = &mut acks;
         let result: Result<(), BusError> = async {
             let acks = acks_ref;
+            // Made once: a fresh one per wait would join and leave the token's waiters each time.
+            let cancelled = stop.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 if stop.is_cancelled() {
                     acks.flush().await;
@@ -374,7 +380,7 @@ impl Group {
                         }
                     };
                     let batch = tokio::select! {
-                        _ = stop.cancelled() => continue,
+                        () = &mut cancelled => continue,
                         opened = tokio::time::timeout(timeout, open) => match opened {
                             Ok(Ok(batch)) => batch,
                             Ok(Err(e)) => return Err(self.bus.unavailable(format!("pull: {e}"))),
@@ -390,7 +396,7 @@ impl Group {
                         batch,
                         waiting,
                         got: 0,
-                        deadline: Instant::now() + open_for,
+                        expiry: Box::pin(tokio::time::sleep(open_for)),
                     });
                 }
                 if gapped && gap_at.is_none() {
@@ -404,7 +410,7 @@ impl Group {
                 };
                 tokio::select! {
                     biased;
-                    _ = stop.cancelled() => {}
+                    () = &mut cancelled => {}
                     item = pull(&mut fetch) => take(item, &mut fetch, &mut buffer, &mut busy)?,
                     _ = acks.due() => acks.flush().await,
                     _ = check => {
@@ -643,6 +649,8 @@ struct Acks {
     count: usize,
     /// When the last handled message is acknowledged if nothing else comes first.
     due: Option<Instant>,
+    /// Fires at `due` (reset only when `due` is set, not for every wait).
+    timer: Pin<Box<Sleep>>,
 }
 
 /// How long a handled message waits for its acknowledgement once its partition is quiet: a
@@ -660,20 +668,23 @@ impl Acks {
             last: None,
             count: 0,
             due: None,
+            timer: Box::pin(tokio::time::sleep(ACK_DELAY)),
         }
     }
 
     /// The worker has nothing to handle: acknowledge soon.
     fn idle(&mut self) {
         if self.last.is_some() && self.due.is_none() {
-            self.due = Some(Instant::now() + ACK_DELAY);
+            let at = Instant::now() + ACK_DELAY;
+            self.due = Some(at);
+            self.timer.as_mut().reset(at);
         }
     }
 
     /// Ready when an acknowledgement is due (never while none is).
-    async fn due(&self) {
+    async fn due(&mut self) {
         match self.due {
-            Some(at) => tokio::time::sleep_until(at).await,
+            Some(_) => self.timer.as_mut().await,
             None => std::future::pending().await,
         }
     }
@@ -708,9 +719,10 @@ async fn ack(m: &jetstream::Message) {
 /// The next message of the pull request in progress (never ready when there is none).
 async fn pull(fetch: &mut Option<Fetch>) -> Option<Result<jetstream::Message, async_nats::Error>> {
     match fetch {
-        Some(f) => match tokio::time::timeout_at(f.deadline, f.batch.next()).await {
-            Ok(next) => next,
-            Err(_) => Some(Err("the pull request's end never came".into())),
+        Some(f) => tokio::select! {
+            biased;
+            next = f.batch.next() => next,
+            () = f.expiry.as_mut() => Some(Err("the pull request's end never came".into())),
         },
         None => std::future::pending().await,
     }
@@ -768,7 +780,8 @@ async fn release(buffer: Buffer, fetch: Option<Fetch>) {
     let waiting = f.waiting;
     let drain = async move {
         // Bounded: a request lost with the connection never ends by itself.
-        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(f.deadline, f.batch.next()).await {
+        let deadline = f.expiry.deadline();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, f.batch.next()).await {
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     };
