@@ -213,7 +213,7 @@ enum Bench {
         rounds: usize,
         /// Also report the CPU time per message of the benchmark process and of a broker on
         /// this machine (`--server-pid $(pgrep -x nats-server)`) in each throughput run, read
-        /// from /proc.
+        /// from /proc over the span the run's rate is measured on (first publish → all handled).
         #[arg(long)]
         server_pid: Option<u32>,
     },

@@ -6,7 +6,7 @@
 //! `async-nats` JetStream client publishing (with `Nats-Msg-Id`, as the bus de-duplicates
 //! publishes, and without) and pulling the same messages in both shapes, and the raw client
 //! on the bus's own wire layout. With `--server-pid`, each run's CPU time per message of the
-//! benchmark process and of the broker is reported too.
+//! benchmark process and of the broker is reported too, over the same span as the run's rate.
 
 use std::{
     sync::{
@@ -74,12 +74,23 @@ struct Throughput {
     rate: f64,
     published: Duration,
     total: Duration,
+    /// CPU time of this process and of the broker over the same span as `rate`.
+    cpu: Option<(Duration, Duration)>,
+}
+
+/// A run's rate and the CPU time spent over the span the rate is measured on (first
+/// publish → all handled): set-up before the clock (streams, subscriptions, building the
+/// messages) counts for no one.
+struct Run {
+    rate: f64,
+    cpu: Option<(Duration, Duration)>,
 }
 
 /// Publishes `opts.messages` to `dest` (64 keys, batches of `opts.batch`) and measures until one
 /// consumer group has handled them all, from the first publish.
 async fn throughput(
     bus: &dyn keel_messaging::Bus,
+    meter: &Meter,
     opts: &Options,
     dest: &str,
     shape: Shape,
@@ -106,6 +117,7 @@ async fn throughput(
     let msgs: Vec<Message> = (0..opts.messages)
         .map(|n| Message::new(dest.to_owned(), payload(n)).with_key(format!("k{}", n % 64)))
         .collect();
+    let mark = meter.now();
     let start = Instant::now();
     for chunk in msgs.chunks(opts.batch.max(1)) {
         let (n, err) = bus.publish_all(chunk).await;
@@ -125,11 +137,13 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total = start.elapsed();
+    let cpu = meter.since(mark);
     consumer.stop().await;
     Ok(Throughput {
         rate: opts.messages as f64 / total.as_secs_f64(),
         published,
         total,
+        cpu,
     })
 }
 
@@ -170,15 +184,22 @@ pub async fn run(opts: Options) -> Result<(), String> {
         let (tp, bl) = (format!("bench.tp.{tag}.{r}"), format!("bench.bl.{tag}.{r}"));
         meter
             .run(&mut keel, Shape::Live, async {
-                let round = throughput(&*bus, &opts, &tp, Shape::Live).await?;
-                let rate = round.rate;
+                let round = throughput(&*bus, &meter, &opts, &tp, Shape::Live).await?;
+                let run = Run {
+                    rate: round.rate,
+                    cpu: round.cpu,
+                };
                 live = Some(round);
-                Ok(rate)
+                Ok(run)
             })
             .await?;
         meter
             .run(&mut keel, Shape::Backlog, async {
-                Ok(throughput(&*bus, &opts, &bl, Shape::Backlog).await?.rate)
+                let round = throughput(&*bus, &meter, &opts, &bl, Shape::Backlog).await?;
+                Ok(Run {
+                    rate: round.rate,
+                    cpu: round.cpu,
+                })
             })
             .await?;
         if nats {
@@ -190,7 +211,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 .run(
                     &mut layout,
                     Shape::Live,
-                    nats_layout_baseline(&opts, &round_tag),
+                    nats_layout_baseline(&meter, &opts, &round_tag),
                 )
                 .await?;
             for (series, msg_id) in [(&mut raw_dedup, true), (&mut raw_plain, false)] {
@@ -199,7 +220,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                         .run(
                             series,
                             shape,
-                            nats_baseline(&opts, &round_tag, shape, msg_id),
+                            nats_baseline(&meter, &opts, &round_tag, shape, msg_id),
                         )
                         .await?;
                 }
@@ -289,7 +310,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
         // The raw SQLite baseline has only the publish-then-read shape.
         let mut raw = Series::new("raw SQLite".into());
         meter
-            .run(&mut raw, Shape::Backlog, sqlite_baseline(&opts))
+            .run(&mut raw, Shape::Backlog, async {
+                Ok(Run {
+                    rate: sqlite_baseline(&opts).await?,
+                    cpu: None,
+                })
+            })
             .await?;
         series.push(raw);
         notes.push("raw SQLite: inserts, then reads of the same rows".into());
@@ -321,7 +347,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
         for s in &series {
             row(&s.name, f(s.cpu(Shape::Live)), f(s.cpu(Shape::Backlog)));
         }
-        println!("  broker: pid {pid}; CPU time from /proc, over each whole run");
+        println!(
+            "  broker: pid {pid}; CPU time from /proc over each run's clock (first publish → all handled)"
+        );
     }
     println!(
         "  keel published {} messages in {}, all handled in {} (consuming while publishing, last round)",
@@ -434,20 +462,26 @@ impl Meter {
         Some((cpu_time("self")?, cpu_time(&server.to_string())?))
     }
 
-    /// Runs `run` (which yields msg/s) and files its figures under `series`.
+    /// CPU time used by this process and the broker since `mark` (a reading of [`Meter::now`]).
+    fn since(&self, mark: Option<(Duration, Duration)>) -> Option<(Duration, Duration)> {
+        let (me0, server0) = mark?;
+        let (me1, server1) = self.now()?;
+        Some((me1.saturating_sub(me0), server1.saturating_sub(server0)))
+    }
+
+    /// Runs `run` and files its rate and CPU use per message under `series`.
     async fn run(
         &self,
         series: &mut Series,
         shape: Shape,
-        run: impl std::future::Future<Output = Result<f64, String>>,
+        run: impl std::future::Future<Output = Result<Run, String>>,
     ) -> Result<f64, String> {
-        let before = self.now();
-        let rate = run.await?;
+        let Run { rate, cpu } = run.await?;
         let i = Series::index(shape);
         series.rates[i].push(rate);
-        if let (Some((me0, server0)), Some((me1, server1))) = (before, self.now()) {
+        if let Some((me, server)) = cpu {
             let per = |d: Duration| d.as_secs_f64() * 1e6 / self.messages as f64;
-            series.cpu[i].push((per(me1 - me0), per(server1 - server0)));
+            series.cpu[i].push((per(me), per(server)));
         }
         Ok(rate)
     }
@@ -546,11 +580,12 @@ async fn sqlite_baseline(opts: &Options) -> Result<f64, String> {
 /// unacknowledged), in the given shape; with `msg_id`, each publish carries a `Nats-Msg-Id`
 /// (made before the clock starts, as the bus's messages are) for the server's de-duplication.
 async fn nats_baseline(
+    meter: &Meter,
     opts: &Options,
     tag: &str,
     shape: Shape,
     msg_id: bool,
-) -> Result<f64, String> {
+) -> Result<Run, String> {
     use async_nats::jetstream::message::PublishMessage;
     use futures::StreamExt;
     let client = async_nats::connect(&opts.backend)
@@ -607,6 +642,7 @@ async fn nats_baseline(
     if shape == Shape::Live {
         live = drain.take().map(tokio::spawn);
     }
+    let mark = meter.now();
     let start = Instant::now();
     for chunk in (0..opts.messages)
         .collect::<Vec<_>>()
@@ -635,8 +671,12 @@ async fn nats_baseline(
         (None, None) => 0,
     };
     let elapsed = start.elapsed();
+    let cpu = meter.since(mark);
     let _ = js.delete_stream(&stream_name).await;
-    Ok(got as f64 / elapsed.as_secs_f64())
+    Ok(Run {
+        rate: got as f64 / elapsed.as_secs_f64(),
+        cpu,
+    })
 }
 
 /// Deletes the streams the NATS bus created for `dests`.
@@ -667,7 +707,7 @@ const LAYOUT_ACK_EVERY: usize = 64;
 /// put the partitions on one stream (a subject each, a filtered consumer each), to measure
 /// what they cost. The gap between
 /// this and the plain baseline is the price of the layout; the gap to Keel's figure is Keel's.
-async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> {
+async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Result<Run, String> {
     use async_nats::jetstream::{
         self,
         consumer::{AckPolicy, pull},
@@ -740,6 +780,7 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
             Ok::<usize, String>(got)
         }));
     }
+    let mark = meter.now();
     let start = Instant::now();
     for chunk in msgs.chunks(opts.batch.max(1)) {
         let mut acks = Vec::with_capacity(chunk.len());
@@ -764,8 +805,12 @@ async fn nats_layout_baseline(opts: &Options, tag: &str) -> Result<f64, String> 
         got += t.await.map_err(|e| e.to_string())??;
     }
     let elapsed = start.elapsed();
+    let cpu = meter.since(mark);
     for (name, _) in &streams {
         let _ = js.delete_stream(name).await;
     }
-    Ok(got as f64 / elapsed.as_secs_f64())
+    Ok(Run {
+        rate: got as f64 / elapsed.as_secs_f64(),
+        cpu,
+    })
 }
