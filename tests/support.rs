@@ -22,6 +22,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive ports that are free now (for topologies that give instance
+/// `i` the port `base + i`): one free port alone says nothing about its neighbours, which
+/// other tests' connections may hold.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base.checked_add(n).is_some()
+            && (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
 /// The `keel` binary under test.
 pub fn keel() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));

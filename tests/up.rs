@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Proc, free_port, keel, port_open, wait_healthy};
+use support::{Proc, free_ports, keel, port_open, wait_healthy};
 
 /// Pids of live processes whose command line contains `needle`.
 fn pids_with(needle: &str) -> Vec<u32> {
@@ -39,7 +39,7 @@ fn pids_with(needle: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn up_runs_the_topology_and_stops_every_child_on_sigterm() {
-    let base = free_port();
+    let base = free_ports(2);
     let dir = std::env::temp_dir().join(format!("keel-up-{}-{base}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let topology = dir.join("keel.toml");
