@@ -78,6 +78,16 @@ struct Throughput {
     cpu: Option<(Duration, Duration)>,
 }
 
+impl Throughput {
+    /// The figures a [`Meter`] files.
+    fn run(&self) -> Run {
+        Run {
+            rate: self.rate,
+            cpu: self.cpu,
+        }
+    }
+}
+
 /// A run's rate and the CPU time spent over the span the rate is measured on (first
 /// publish → all handled): set-up before the clock (streams, subscriptions, building the
 /// messages) counts for no one.
@@ -185,21 +195,16 @@ pub async fn run(opts: Options) -> Result<(), String> {
         meter
             .run(&mut keel, Shape::Live, async {
                 let round = throughput(&*bus, &meter, &opts, &tp, Shape::Live).await?;
-                let run = Run {
-                    rate: round.rate,
-                    cpu: round.cpu,
-                };
+                let run = round.run();
                 live = Some(round);
                 Ok(run)
             })
             .await?;
         meter
             .run(&mut keel, Shape::Backlog, async {
-                let round = throughput(&*bus, &meter, &opts, &bl, Shape::Backlog).await?;
-                Ok(Run {
-                    rate: round.rate,
-                    cpu: round.cpu,
-                })
+                Ok(throughput(&*bus, &meter, &opts, &bl, Shape::Backlog)
+                    .await?
+                    .run())
             })
             .await?;
         if nats {
