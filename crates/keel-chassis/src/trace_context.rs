@@ -9,12 +9,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 /// Header carrying the trace id, parent span id and flags.
 pub const TRACEPARENT: &str = "traceparent";
 /// Header carrying vendor-specific trace state.
 pub const TRACESTATE: &str = "tracestate";
+
+// The same names as `HeaderName`s: a map lookup with a `&str` validates and lower-cases the
+// name first, on every request.
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// The trace context of the current unit of work.
 #[derive(Clone, PartialEq, Eq)]
@@ -118,12 +123,12 @@ impl TraceContext {
     /// Reads the context from request headers and starts a child span of it.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let parent = headers
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT_NAME)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
         let state = parent.and(
             headers
-                .get(TRACESTATE)
+                .get(&TRACESTATE_NAME)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         );
@@ -170,14 +175,14 @@ impl TraceContext {
     /// Writes `traceparent` (and `tracestate`, when present) into `headers`.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_bytes(&self.traceparent_bytes()) {
-            headers.insert(TRACEPARENT, v);
+            headers.insert(TRACEPARENT_NAME, v);
         }
         if let Some(state) = self
             .tracestate
             .as_deref()
             .and_then(|s| HeaderValue::from_str(s).ok())
         {
-            headers.insert(TRACESTATE, state);
+            headers.insert(TRACESTATE_NAME, state);
         }
     }
 }

@@ -1,8 +1,11 @@
 //! A request on its way through a route: what the filters rewrite before it goes upstream.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
-use http::{HeaderMap, HeaderValue, Method, Version};
+use http::{HeaderMap, HeaderValue, Method, Version, uri::PathAndQuery};
 use keel_chassis::TraceContext;
 use keel_resilience::Deadline;
 
@@ -11,17 +14,32 @@ use crate::pattern::Captures;
 /// Claims of a verified JWT.
 pub(crate) type Claims = serde_json::Map<String, serde_json::Value>;
 
-/// The client's address as text, made once per connection for the forwarding headers.
+/// The client's connection, with the forwarding header values made once per connection
+/// (the address) or once per `Host` value it sends (a connection nearly always sends one).
 #[derive(Debug)]
 pub(crate) struct Peer {
     /// The address, for `X-Forwarded-For`.
     pub(crate) ip: HeaderValue,
     /// The `for=` value of `Forwarded` (IPv6 quoted in brackets).
-    pub(crate) forwarded_for: Box<str>,
+    forwarded_for: Box<str>,
+    /// Whether the connection is TLS (`proto=https`, default port 443).
+    secure: bool,
+    /// The values derived from the last `Host` seen on this connection.
+    by_host: Mutex<Option<HostValues>>,
+}
+
+/// `X-Forwarded-Port` and `Forwarded` for one `Host` value (or none) on one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct HostValues {
+    host: Option<HeaderValue>,
+    /// `X-Forwarded-Port`: the `Host` header's port, or the scheme's default.
+    pub(crate) port: HeaderValue,
+    /// `Forwarded: for=…;proto=…;host="…"`.
+    pub(crate) forwarded: HeaderValue,
 }
 
 impl Peer {
-    pub(crate) fn new(client: SocketAddr) -> Self {
+    pub(crate) fn new(client: SocketAddr, secure: bool) -> Self {
         let ip = client.ip().to_string();
         let forwarded_for = if client.is_ipv6() {
             format!("\"[{ip}]\"")
@@ -31,8 +49,57 @@ impl Peer {
         Self {
             ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded_for: forwarded_for.into(),
+            secure,
+            by_host: Mutex::new(None),
         }
     }
+
+    /// The forwarding values for a request with this `Host` (made once per distinct value in
+    /// a row, not per request).
+    pub(crate) fn host_values(&self, host: Option<&HeaderValue>) -> HostValues {
+        let mut cached = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some(v) if v.host.as_ref() == host => v.clone(),
+            _ => {
+                let v = self.make_host_values(host);
+                *cached = Some(v.clone());
+                v
+            }
+        }
+    }
+
+    fn make_host_values(&self, host: Option<&HeaderValue>) -> HostValues {
+        let text = host.and_then(|h| h.to_str().ok());
+        let port = match text
+            .and_then(|t| t.rsplit_once(':'))
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(p) => header_value(p),
+            None => HeaderValue::from_static(if self.secure { "443" } else { "80" }),
+        };
+        let proto = if self.secure { "https" } else { "http" };
+        let mut v = String::with_capacity(64);
+        v.push_str("for=");
+        v.push_str(&self.forwarded_for);
+        v.push_str(";proto=");
+        v.push_str(proto);
+        if let Some(h) = text {
+            v.push_str(";host=\"");
+            v.push_str(h);
+            v.push('"');
+        }
+        HostValues {
+            host: host.cloned(),
+            port,
+            forwarded: header_value(&v),
+        }
+    }
+}
+
+/// `s` as a header value (`invalid` if it cannot be one).
+pub(crate) fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The request as filters see and change it.
@@ -44,6 +111,9 @@ pub(crate) struct Exchange {
     pub(crate) path: String,
     /// The query string, without `?`.
     pub(crate) query: Option<String>,
+    /// The path and query as the client sent them: sent upstream as they are (without being
+    /// rebuilt and validated again) when no filter changed `path` or `query`.
+    pub(crate) original: Option<PathAndQuery>,
     pub(crate) headers: HeaderMap,
     /// Variables captured by `Path` and `Host`.
     pub(crate) vars: Captures,
@@ -72,8 +142,19 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    /// The path and query to send upstream.
+    pub(crate) fn upstream_path_and_query(&self) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        if let Some(o) = &self.original
+            && o.path() == self.path
+            && o.query() == self.query.as_deref()
+        {
+            return Ok(o.clone());
+        }
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(self.path_and_query()))
+    }
+
     /// The path and query as one string.
-    pub(crate) fn path_and_query(&self) -> String {
+    fn path_and_query(&self) -> String {
         match &self.query {
             Some(q) if !q.is_empty() => {
                 let mut s = String::with_capacity(self.path.len() + q.len() + 1);

@@ -30,7 +30,7 @@ use crate::{
     client::{Clients, Http1Pool, PoolError},
     config::ForwardedSettings,
     cors,
-    exchange::{Exchange, Peer},
+    exchange::{Exchange, Peer, header_value},
     problem::{GatewayProblem, types},
     route::{Matched, Route, RouteTable, Target},
 };
@@ -188,11 +188,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in h.iter() {
         if *name == header::CONNECTION {
+            // `close` is an option, not a header; `keep-alive` is in HOP_BY_HOP anyway (found
+            // by the pass over the names), so neither is parsed as a header name.
             let listed = value
                 .to_str()
                 .into_iter()
                 .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .map(str::trim)
+                .filter(|n| {
+                    !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
+                })
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .filter(|n| !(upgrade && *n == header::UPGRADE));
             doomed.extend(listed);
         }
@@ -249,6 +255,7 @@ impl Proxy {
             version: parts.version,
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
+            original: parts.uri.path_and_query().cloned(),
             trace,
             headers,
             vars: Vec::new(),
@@ -700,12 +707,14 @@ impl Proxy {
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(authority.clone());
         parts.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(ex.path_and_query()))
+            ex.upstream_path_and_query()
                 .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?,
         );
         let uri = Uri::from_parts(parts)
             .map_err(|e| UpstreamError::Other(format!("invalid upstream URI: {e}")))?;
         let mut headers = ex.headers.clone();
+        // Room for the headers added below, so the copy grows once rather than per header.
+        headers.reserve(8);
         let upgrade = is_upgrade(&headers);
         strip_hop_by_hop(&mut headers, upgrade);
         let host = match (&ex.host, ex.preserve_host) {
@@ -713,43 +722,28 @@ impl Proxy {
             _ => authority_host.unwrap_or_else(|| header_value(authority.as_str())),
         };
         headers.insert(header::HOST, host);
-        let proto = if ex.secure { "https" } else { "http" };
+        let by_host = (self.forwarded.x_forwarded || self.forwarded.forwarded)
+            .then(|| ex.peer.host_values(ex.host.as_ref()));
         if self.forwarded.x_forwarded {
+            let proto = if ex.secure { "https" } else { "http" };
             append_list(&mut headers, &X_FORWARDED_FOR, ex.peer.ip.clone());
             append_list(
                 &mut headers,
                 &X_FORWARDED_PROTO,
                 HeaderValue::from_static(proto),
             );
-            if let Some(h) = &ex.host {
+            if let (Some(h), Some(v)) = (&ex.host, &by_host) {
                 append_list(&mut headers, &X_FORWARDED_HOST, h.clone());
-                let text = h.to_str().unwrap_or_default();
-                let port = match text
-                    .rsplit_once(':')
-                    .map(|(_, p)| p)
-                    .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-                {
-                    Some(p) => header_value(p),
-                    None => HeaderValue::from_static(if ex.secure { "443" } else { "80" }),
-                };
-                append_list(&mut headers, &X_FORWARDED_PORT, port);
+                append_list(&mut headers, &X_FORWARDED_PORT, v.port.clone());
             }
             if let Some(prefix) = &ex.prefix {
                 headers.insert(X_FORWARDED_PREFIX, header_value(prefix));
             }
         }
-        if self.forwarded.forwarded {
-            let mut v = String::with_capacity(64);
-            v.push_str("for=");
-            v.push_str(&ex.peer.forwarded_for);
-            v.push_str(";proto=");
-            v.push_str(proto);
-            if let Some(h) = ex.host.as_ref().and_then(|h| h.to_str().ok()) {
-                v.push_str(";host=\"");
-                v.push_str(h);
-                v.push('"');
-            }
-            append_list(&mut headers, &FORWARDED, header_value(&v));
+        if self.forwarded.forwarded
+            && let Some(v) = by_host
+        {
+            append_list(&mut headers, &FORWARDED, v.forwarded);
         }
         ex.trace.write_headers(&mut headers);
         if let Some(d) = ex.deadline {
@@ -795,10 +789,6 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
 /// Appends `value` to the comma-separated list in `name` (one lookup of the name).
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     match headers.entry(name) {
@@ -828,6 +818,7 @@ pub(crate) fn ex_clone(ex: &Exchange) -> Exchange {
         version: ex.version,
         path: ex.path.clone(),
         query: ex.query.clone(),
+        original: ex.original.clone(),
         headers: ex.headers.clone(),
         vars: Vec::new(),
         client: ex.client,
@@ -874,6 +865,21 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn listed_keep_alive_and_close_go_with_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, CLOSE, X-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("close-enough", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("close-enough"));
     }
 
     #[test]

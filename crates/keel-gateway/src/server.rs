@@ -694,7 +694,7 @@ pub async fn serve_on(
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let secure = tls.is_some();
-        let peer = Arc::new(Peer::new(client));
+        let peer = Arc::new(Peer::new(client, secure));
         let svc = service_fn(move |req| {
             let (gw, peer) = (gw.clone(), peer.clone());
             // Boxed once here, so hyper moves a pointer, not the whole request state machine.

@@ -30,7 +30,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 pub use error::DeadlineExceeded;
@@ -52,6 +52,11 @@ pub const DEADLINE_HEADER: &str = "keel-deadline-ms";
 pub const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
 /// Message header carrying the absolute deadline in milliseconds since the Unix epoch.
 pub const DEADLINE_UNIX_MS_HEADER: &str = "keel-deadline-unix-ms";
+
+// The same names as `HeaderName`s: a map lookup with a `&str` validates and lower-cases the
+// name first, on every request.
+const DEADLINE_NAME: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
+const GRPC_TIMEOUT_NAME: HeaderName = HeaderName::from_static(GRPC_TIMEOUT_HEADER);
 
 /// Longest budget read from the wire (a year); longer values are treated as absent.
 const MAX_WIRE_BUDGET: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -131,11 +136,11 @@ impl Deadline {
     /// them as relative to `now` (the arrival time). Malformed values are ignored.
     pub fn from_headers(headers: &HeaderMap, now: Instant) -> Option<Deadline> {
         let keel = headers
-            .get(DEADLINE_HEADER)
+            .get(&DEADLINE_NAME)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_millis);
         let grpc = headers
-            .get(GRPC_TIMEOUT_HEADER)
+            .get(&GRPC_TIMEOUT_NAME)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let budget = match (keel, grpc) {
@@ -154,7 +159,7 @@ impl Deadline {
     pub fn to_headers_at(self, headers: &mut HeaderMap, now: Instant) {
         let millis = self.remaining_at(now).as_millis();
         headers.insert(
-            DEADLINE_HEADER,
+            DEADLINE_NAME,
             HeaderValue::from(millis.min(u128::from(u64::MAX)) as u64),
         );
     }
