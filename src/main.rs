@@ -208,6 +208,10 @@ enum Bench {
         /// with a filtered consumer per partition, instead of a stream per partition.
         #[arg(long)]
         layout_one_stream: bool,
+        /// NATS only: partitions of the raw-client layout baseline (the bus has 16), to
+        /// measure what partitioning costs.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        layout_partitions: u32,
         /// Throughput rounds (Keel and the baselines alternate; medians are reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
@@ -456,6 +460,7 @@ fn main() -> ExitCode {
                 layout_max_ack_pending,
                 layout_without_msg_id,
                 layout_one_stream,
+                layout_partitions,
                 rounds,
                 server_pid,
             }) => keel_bench::bus::run(keel_bench::bus::Options {
@@ -467,6 +472,7 @@ fn main() -> ExitCode {
                 layout_max_ack_pending,
                 layout_msg_id: !layout_without_msg_id,
                 layout_one_stream,
+                layout_partitions,
                 rounds,
                 server_pid,
             })

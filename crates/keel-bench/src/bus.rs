@@ -42,6 +42,8 @@ pub struct Options {
     /// For the NATS layout baseline: one stream with a subject per partition and a filtered
     /// consumer per partition, instead of the bus's stream per partition.
     pub layout_one_stream: bool,
+    /// For the NATS layout baseline: partitions (the bus has 16).
+    pub layout_partitions: u32,
     /// Throughput rounds; Keel and the baselines alternate, and medians are reported.
     pub rounds: usize,
     /// A broker process on this machine whose CPU time per message is reported beside the
@@ -292,9 +294,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
             "raw async-nats, layout: the NATS bus's wire layout — {}, \
              envelope bodies {}, up to {} unacknowledged per partition, acknowledge-all every {LAYOUT_ACK_EVERY}{}",
             if opts.layout_one_stream {
-                format!("one stream, {LAYOUT_PARTITIONS} partition subjects with a filtered consumer each")
+                format!(
+                    "one stream, {} partition subjects with a filtered consumer each",
+                    opts.layout_partitions
+                )
             } else {
-                format!("{LAYOUT_PARTITIONS} partition streams")
+                format!("{} partition streams", opts.layout_partitions)
             },
             if opts.layout_msg_id {
                 "with Nats-Msg-Id"
@@ -305,6 +310,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             if opts.layout_msg_id
                 && opts.layout_max_ack_pending == LAYOUT_MAX_ACK_PENDING
                 && !opts.layout_one_stream
+                && opts.layout_partitions == LAYOUT_PARTITIONS
             {
                 ""
             } else {
@@ -699,6 +705,7 @@ async fn remove_nats_streams(url: &str, dests: &[String]) {
     }
 }
 
+/// The bus's partitions (its default).
 const LAYOUT_PARTITIONS: u32 = 16;
 /// The bus's consumers: twice its default pull batch of 256 in flight per partition.
 const LAYOUT_MAX_ACK_PENDING: i64 = 512;
@@ -723,6 +730,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client);
+    let partitions = opts.layout_partitions.max(1);
     let name = |p: u32| format!("BENCH_LAYOUT_{tag}_{p}");
     let subject = |p: u32| format!("bench.layout.{tag}.{p}");
     let msgs: Vec<Message> = (0..opts.messages)
@@ -733,9 +741,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
     let streams: Vec<(String, String)> = if opts.layout_one_stream {
         vec![(name(0), format!("bench.layout.{tag}.*"))]
     } else {
-        (0..LAYOUT_PARTITIONS)
-            .map(|p| (name(p), subject(p)))
-            .collect()
+        (0..partitions).map(|p| (name(p), subject(p))).collect()
     };
     let mut created = Vec::new();
     for (name, subject) in &streams {
@@ -750,7 +756,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
         created.push(stream);
     }
     let mut tasks = Vec::new();
-    for p in 0..LAYOUT_PARTITIONS {
+    for p in 0..partitions {
         let one = opts.layout_one_stream;
         let consumer = created[if one { 0 } else { p as usize }]
             .create_consumer(pull::Config {
@@ -762,10 +768,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
             })
             .await
             .map_err(|e| e.to_string())?;
-        let want = msgs
-            .iter()
-            .filter(|m| m.partition(LAYOUT_PARTITIONS) == p)
-            .count();
+        let want = msgs.iter().filter(|m| m.partition(partitions) == p).count();
         tasks.push(tokio::spawn(async move {
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             let mut got = 0;
@@ -796,7 +799,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
                 publish = publish.message_id(&m.id);
             }
             let ack = js
-                .send_publish(subject(m.partition(LAYOUT_PARTITIONS)), publish)
+                .send_publish(subject(m.partition(partitions)), publish)
                 .await
                 .map_err(|e| e.to_string())?;
             acks.push(ack);
