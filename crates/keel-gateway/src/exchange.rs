@@ -167,3 +167,75 @@ impl Exchange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn host_values_follow_the_host_and_the_connection() {
+        let plain = Peer::new("10.0.0.7:5000".parse().unwrap(), false);
+        let v = plain.host_values(Some(&value("shop.example:8443")));
+        assert_eq!(v.port, "8443");
+        assert_eq!(
+            v.forwarded,
+            "for=10.0.0.7;proto=http;host=\"shop.example:8443\""
+        );
+        // Another Host on the same connection gets its own values, not the cached ones.
+        let v = plain.host_values(Some(&value("shop.example")));
+        assert_eq!(v.port, "80");
+        assert_eq!(v.forwarded, "for=10.0.0.7;proto=http;host=\"shop.example\"");
+        assert_eq!(plain.host_values(None).forwarded, "for=10.0.0.7;proto=http");
+        // An empty port and an IPv6 literal without one fall back to the scheme's default.
+        let tls = Peer::new("[2001:db8::1]:5000".parse().unwrap(), true);
+        assert_eq!(tls.host_values(Some(&value("a.example:"))).port, "443");
+        let v = tls.host_values(Some(&value("[2001:db8::2]")));
+        assert_eq!(v.port, "443");
+        assert_eq!(
+            v.forwarded,
+            "for=\"[2001:db8::1]\";proto=https;host=\"[2001:db8::2]\""
+        );
+    }
+
+    fn exchange(uri: &'static str) -> Exchange {
+        let uri = http::Uri::from_static(uri);
+        Exchange {
+            method: Method::GET,
+            version: Version::HTTP_11,
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            original: uri.path_and_query().cloned(),
+            headers: HeaderMap::new(),
+            vars: Vec::new(),
+            client: "127.0.0.1:1".parse().unwrap(),
+            peer: Arc::new(Peer::new("127.0.0.1:1".parse().unwrap(), false)),
+            secure: false,
+            host: None,
+            prefix: None,
+            preserve_host: false,
+            claims: None,
+            trace: TraceContext::new_root(),
+            max_body: None,
+            deadline: None,
+            forwards: 0,
+        }
+    }
+
+    #[test]
+    fn the_path_goes_upstream_as_received_unless_a_filter_changed_it() {
+        let mut ex = exchange("/orders/7?x=%20&y");
+        assert_eq!(ex.upstream_path_and_query().unwrap(), "/orders/7?x=%20&y");
+        ex.path = "/7".into();
+        assert_eq!(ex.upstream_path_and_query().unwrap(), "/7?x=%20&y");
+        ex.query = None;
+        assert_eq!(ex.upstream_path_and_query().unwrap(), "/7");
+        let mut ex = exchange("/a?");
+        assert_eq!(ex.upstream_path_and_query().unwrap(), "/a?");
+        ex.query = Some("b=1".into());
+        assert_eq!(ex.upstream_path_and_query().unwrap(), "/a?b=1");
+    }
+}
