@@ -90,7 +90,9 @@ impl Peer {
             v.push('"');
         }
         HostValues {
-            host: host.cloned(),
+            // A copy: the request's own value shares the connection's read buffer, which the
+            // cache would otherwise keep alive for as long as the connection lasts.
+            host: host.map(|h| HeaderValue::from_bytes(h.as_bytes()).unwrap_or_else(|_| h.clone())),
             port,
             forwarded: header_value(&v),
         }
