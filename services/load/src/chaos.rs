@@ -134,11 +134,27 @@ pub fn children(data_dir: &Path) -> Vec<Child> {
             .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
             .next();
         if dir.is_some_and(|d| fs::canonicalize(&d).unwrap_or(d) == want) {
-            out.push(Child { name, pid });
+            out.push((Child { name, pid }, parent_pid(pid)));
         }
     }
+    // A process forked by a match and not yet exec'd has the same command line and
+    // environment for a moment: it is part of that service, not another one.
+    let pids: Vec<i32> = out.iter().map(|(c, _)| c.pid).collect();
+    let mut out: Vec<Child> = out
+        .into_iter()
+        .filter(|(_, parent)| !parent.is_some_and(|p| pids.contains(&p)))
+        .map(|(c, _)| c)
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
     out
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` (the field after the command name, which
+/// may itself contain spaces and parentheses).
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `keel service order …` → `order`; `keel service van --set app.network=van-a …` → `van-a`.
@@ -393,6 +409,14 @@ mod tests {
         );
         assert_eq!(service_name(&args("/x/keel gateway --config g.yaml")), None);
         assert_eq!(service_name(&args("/x/keel service --help")), None);
+    }
+
+    #[test]
+    fn a_process_parent_is_read_from_proc() {
+        let me = std::process::id() as i32;
+        let parent = parent_pid(me).expect("this process has a parent");
+        assert!(parent > 0 && parent != me);
+        assert_eq!(parent_pid(-1), None);
     }
 
     #[test]
