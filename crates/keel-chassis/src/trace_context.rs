@@ -248,13 +248,40 @@ where
     }
 }
 
+thread_local! {
+    /// Ids come from a fast generator seeded from the operating system once per thread: trace
+    /// and span ids must be unique and unguessable enough to not collide, not secret (they
+    /// travel in headers and logs), so a cryptographic generator per id is not needed.
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> = std::cell::RefCell::new(seeded());
+}
+
+fn seeded() -> rand::rngs::SmallRng {
+    use rand::SeedableRng;
+    rand::rngs::SmallRng::try_from_os_rng().unwrap_or_else(|_| {
+        // No OS entropy: seeded from the clock and the thread.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let thread = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::thread::current().id(),
+        );
+        rand::rngs::SmallRng::seed_from_u64(nanos ^ thread)
+    })
+}
+
 fn nonzero_random<const N: usize>() -> [u8; N] {
-    loop {
-        let v: [u8; N] = rand::random();
-        if v.iter().any(|b| *b != 0) {
-            return v;
+    use rand::RngCore;
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        loop {
+            let mut v = [0u8; N];
+            ids.fill_bytes(&mut v);
+            if v.iter().any(|b| *b != 0) {
+                return v;
+            }
         }
-    }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -293,6 +320,23 @@ mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn ids_are_distinct_within_and_across_threads() {
+        let ids = || {
+            (0..2000)
+                .map(|_| TraceContext::new_root())
+                .map(|cx| (cx.trace_id, cx.span_id))
+                .collect::<Vec<_>>()
+        };
+        let mut all = ids();
+        all.extend(std::thread::spawn(ids).join().unwrap());
+        assert!(all.iter().all(|(t, s)| *t != [0; 16] && *s != [0; 8]));
+        let traces: std::collections::HashSet<_> = all.iter().map(|(t, _)| *t).collect();
+        let spans: std::collections::HashSet<_> = all.iter().map(|(_, s)| *s).collect();
+        assert_eq!(traces.len(), all.len());
+        assert_eq!(spans.len(), all.len());
+    }
 
     #[test]
     fn parses_the_spec_example() {

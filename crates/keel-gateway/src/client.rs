@@ -18,6 +18,8 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::{body::Body, config::HttpClientSettings};
 
 /// A pooled client.
@@ -87,7 +89,9 @@ pub(crate) enum PoolError {
 /// refused before sending is retried on another one.
 #[derive(Debug, Clone)]
 pub(crate) struct Http1Pool {
-    idle: Arc<Mutex<HashMap<Box<str>, Vec<IdleSender>>>>,
+    /// Keyed by upstream `host:port` from the route file or the registry (not chosen by
+    /// clients), so hashed with FxHash rather than SipHash.
+    idle: Arc<Mutex<FxHashMap<Box<str>, Vec<IdleSender>>>>,
     max_per_host: usize,
     idle_timeout: Duration,
     tls: Arc<UpstreamTls>,
