@@ -250,8 +250,8 @@ where
 
 thread_local! {
     /// Ids come from a fast generator seeded from the operating system once per thread: trace
-    /// and span ids must be unique and unguessable enough to not collide, not secret (they
-    /// travel in headers and logs), so a cryptographic generator per id is not needed.
+    /// and span ids must not collide, but they are not secrets (they travel in headers and
+    /// logs), so a cryptographic generator per id is not needed.
     static IDS: std::cell::RefCell<rand::rngs::SmallRng> = std::cell::RefCell::new(seeded());
 }
 
