@@ -20,6 +20,15 @@ use support::{Proc, free_port, keel, wait_healthy};
 
 /// How long one order may take to reach a terminal state.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// One HTTP request's limit. These tests check behaviour, not latency: fifty orders placed at
+/// once against a debug build, beside another test's system on two busy cores, have taken
+/// more than ten seconds to be answered (a CI failure).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tests' HTTP client.
+fn client() -> Client {
+    Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap()
+}
 /// Pause between two polls: from 50 ms, growing by half up to 500 ms (50 orders polled at
 /// once must not starve the services on a small CI machine).
 fn pause(attempt: &mut u32) -> Duration {
@@ -548,10 +557,7 @@ async fn the_reference_system_end_to_end_through_the_gateway() {
     let started = Instant::now();
     let sys = System::start(&["kitchen"]).await;
     eprintln!("system up in {:?}", started.elapsed());
-    let http = Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client();
 
     // The seed job ran through the same gateway.
     let seed: Value = serde_json::from_str(
@@ -965,10 +971,7 @@ impl System {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivery_catches_up_after_being_down() {
     let sys = System::start(&["delivery"]).await;
-    let http = Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client();
     let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "catch-up").await;
     // Up: a delivery follows an accepted ticket.
     let (first, ticket) = sys.approved_order(&http, &consumer, &restaurant).await;
@@ -1177,10 +1180,7 @@ async fn payments_fail_over_to_van_b_and_come_back() {
         ..Options::default()
     })
     .await;
-    let http = Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client();
     let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "failover").await;
 
     // Healthy: van-a, the preferred network, authorizes.
@@ -1304,10 +1304,7 @@ async fn an_unknown_outcome_is_voided_before_another_network_is_tried() {
         ..Options::default()
     })
     .await;
-    let http = Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client();
     let (consumer, restaurant) = sys.consumer_and_restaurant(&http, "unknown").await;
     sys.approved_at(&http, &consumer, &restaurant, "van-a")
         .await;
@@ -1532,10 +1529,7 @@ async fn order_history_matches_the_services_after_a_mixed_scenario_and_a_rebuild
         extra_args: &[("history", &["--set", "app.consistency_wait_ms=3000"])],
     })
     .await;
-    let http = Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client();
     let (ada, restaurant) = sys.consumer_and_restaurant(&http, "history").await;
     let dave = sys
         .create_consumer(&http, json!({"name": "Dave", "card": DECLINED_CARD}))
