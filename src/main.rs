@@ -198,9 +198,10 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         /// NATS only: unacknowledged messages per partition in the raw-client layout
-        /// baseline (the bus allows 512), to measure what that limit costs.
-        #[arg(long, default_value_t = 512)]
-        layout_max_ack_pending: i64,
+        /// baseline (default: the bus's, twice its pull_batch — 512 unless the URL sets
+        /// pull_batch), to measure what that limit costs.
+        #[arg(long)]
+        layout_max_ack_pending: Option<i64>,
         /// NATS only: publish the raw-client layout baseline without `Nats-Msg-Id`.
         #[arg(long)]
         layout_without_msg_id: bool,
@@ -208,10 +209,10 @@ enum Bench {
         /// with a filtered consumer per partition, instead of a stream per partition.
         #[arg(long)]
         layout_one_stream: bool,
-        /// NATS only: partitions of the raw-client layout baseline (the bus has 16), to
-        /// measure what partitioning costs.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-        layout_partitions: u32,
+        /// NATS only: partitions of the raw-client layout baseline (default: the bus's — 16
+        /// unless the URL sets `?partitions=`), to measure what partitioning costs.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        layout_partitions: Option<u32>,
         /// Throughput rounds (Keel and the baselines alternate; medians are reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,

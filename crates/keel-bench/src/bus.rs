@@ -34,16 +34,16 @@ pub struct Options {
     pub rate: u64,
     /// Duration of the latency run.
     pub seconds: u64,
-    /// For the NATS layout baseline: unacknowledged messages per partition (the bus allows
-    /// 512).
-    pub layout_max_ack_pending: i64,
+    /// For the NATS layout baseline: unacknowledged messages per partition (`None`: the
+    /// bus's, twice its pull batch).
+    pub layout_max_ack_pending: Option<i64>,
     /// For the NATS layout baseline: send `Nats-Msg-Id` (the bus does).
     pub layout_msg_id: bool,
     /// For the NATS layout baseline: one stream with a subject per partition and a filtered
     /// consumer per partition, instead of the bus's stream per partition.
     pub layout_one_stream: bool,
-    /// For the NATS layout baseline: partitions (the bus has 16).
-    pub layout_partitions: u32,
+    /// For the NATS layout baseline: partitions (`None`: the bus's, from the URL).
+    pub layout_partitions: Option<u32>,
     /// Throughput rounds; Keel and the baselines alternate, and medians are reported.
     pub rounds: usize,
     /// A broker process on this machine whose CPU time per message is reported beside the
@@ -178,8 +178,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
 
     // Throughput in two shapes: consuming while publishing (a live system), and publishing
     // everything before the group starts (catching up on a backlog). Rounds alternate Keel and
-    // the raw client, so a busy moment of the machine hits both; medians are reported.
+    // the raw client, so a busy moment of the machine hits both, and which goes first alternates
+    // too (the first runs on a freshly started broker pay for its warm-up); medians are
+    // reported.
     let nats = opts.backend.starts_with("nats:");
+    let layout = if nats { Some(Layout::of(&opts)?) } else { None };
     let rounds = opts.rounds.max(1);
     let meter = Meter {
         server: opts.server_pid,
@@ -190,46 +193,60 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // without; then the bus's whole wire layout.
     let mut raw_dedup = Series::new("raw async-nats, dedup".into());
     let mut raw_plain = Series::new("raw async-nats, plain".into());
-    let mut layout = Series::new("raw async-nats, layout".into());
+    let mut layout_series = Series::new("raw async-nats, layout".into());
     let mut live = None;
     for r in 0..rounds {
         let (tp, bl) = (format!("bench.tp.{tag}.{r}"), format!("bench.bl.{tag}.{r}"));
-        meter
-            .run(&mut keel, Shape::Live, async {
-                let round = throughput(&*bus, &meter, &opts, &tp, Shape::Live).await?;
-                let run = round.run();
-                live = Some(round);
-                Ok(run)
-            })
-            .await?;
-        meter
-            .run(&mut keel, Shape::Backlog, async {
-                Ok(throughput(&*bus, &meter, &opts, &bl, Shape::Backlog)
-                    .await?
-                    .run())
-            })
-            .await?;
-        if nats {
-            // Every measurement starts from the same server state: the baselines delete their
-            // streams after each run, so Keel's go too (with their de-duplication windows).
-            remove_nats_streams(&opts.backend, &[tp, bl]).await;
-            let round_tag = format!("{tag}r{r}");
-            meter
-                .run(
-                    &mut layout,
-                    Shape::Live,
-                    nats_layout_baseline(&meter, &opts, &round_tag),
-                )
-                .await?;
-            for (series, msg_id) in [(&mut raw_dedup, true), (&mut raw_plain, false)] {
-                for shape in [Shape::Live, Shape::Backlog] {
-                    meter
-                        .run(
-                            series,
-                            shape,
-                            nats_baseline(&meter, &opts, &round_tag, shape, msg_id),
-                        )
-                        .await?;
+        let keel_first = r % 2 == 0;
+        for part in [keel_first, !keel_first] {
+            if part {
+                meter
+                    .run(&mut keel, Shape::Live, async {
+                        let round = throughput(&*bus, &meter, &opts, &tp, Shape::Live).await?;
+                        let run = round.run();
+                        live = Some(round);
+                        Ok(run)
+                    })
+                    .await?;
+                meter
+                    .run(&mut keel, Shape::Backlog, async {
+                        Ok(throughput(&*bus, &meter, &opts, &bl, Shape::Backlog)
+                            .await?
+                            .run())
+                    })
+                    .await?;
+                if nats {
+                    // Every measurement starts from the same server state: the baselines
+                    // delete their streams after each run, so Keel's go too (with their
+                    // de-duplication windows).
+                    remove_nats_streams(&opts.backend, &[tp.clone(), bl.clone()]).await;
+                }
+            } else if let Some(layout) = &layout {
+                let round_tag = format!("{tag}r{r}");
+                meter
+                    .run(
+                        &mut layout_series,
+                        Shape::Live,
+                        nats_layout_baseline(&meter, &opts, layout, &round_tag),
+                    )
+                    .await?;
+                for (series, msg_id) in [(&mut raw_dedup, true), (&mut raw_plain, false)] {
+                    for shape in [Shape::Live, Shape::Backlog] {
+                        meter
+                            .run(
+                                series,
+                                shape,
+                                nats_baseline(
+                                    &meter,
+                                    &opts,
+                                    &layout.servers,
+                                    &round_tag,
+                                    shape,
+                                    msg_id,
+                                ),
+                            )
+                            .await?;
+                    }
                 }
             }
         }
@@ -283,40 +300,16 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let mut series = vec![keel];
     let mut notes: Vec<String> = Vec::new();
     if nats {
-        series.extend([raw_dedup, raw_plain, layout]);
+        series.extend([raw_dedup, raw_plain, layout_series]);
         notes.push(
             "raw async-nats, dedup: one stream, one pull consumer with up to 1,000 unacknowledged, \
              each publish with a Nats-Msg-Id (the bus's publish de-duplication)"
                 .into(),
         );
         notes.push("raw async-nats, plain: the same without Nats-Msg-Id".into());
-        notes.push(format!(
-            "raw async-nats, layout: the NATS bus's wire layout — {}, \
-             envelope bodies {}, up to {} unacknowledged per partition, acknowledge-all every {LAYOUT_ACK_EVERY}{}",
-            if opts.layout_one_stream {
-                format!(
-                    "one stream, {} partition subjects with a filtered consumer each",
-                    opts.layout_partitions
-                )
-            } else {
-                format!("{} partition streams", opts.layout_partitions)
-            },
-            if opts.layout_msg_id {
-                "with Nats-Msg-Id"
-            } else {
-                "without Nats-Msg-Id"
-            },
-            opts.layout_max_ack_pending.max(1),
-            if opts.layout_msg_id
-                && opts.layout_max_ack_pending == LAYOUT_MAX_ACK_PENDING
-                && !opts.layout_one_stream
-                && opts.layout_partitions == LAYOUT_PARTITIONS
-            {
-                ""
-            } else {
-                " (changed from the bus's by --layout-* flags)"
-            }
-        ));
+        if let Some(layout) = &layout {
+            notes.push(layout.describe(&opts));
+        }
     } else if opts.backend.starts_with("sqlite:") {
         // The raw SQLite baseline has only the publish-then-read shape.
         let mut raw = Series::new("raw SQLite".into());
@@ -593,13 +586,14 @@ async fn sqlite_baseline(opts: &Options) -> Result<f64, String> {
 async fn nats_baseline(
     meter: &Meter,
     opts: &Options,
+    servers: &str,
     tag: &str,
     shape: Shape,
     msg_id: bool,
 ) -> Result<Run, String> {
     use async_nats::jetstream::message::PublishMessage;
     use futures::StreamExt;
-    let client = async_nats::connect(&opts.backend)
+    let client = async_nats::connect(servers)
         .await
         .map_err(|e| e.to_string())?;
     let js = async_nats::jetstream::new(client);
@@ -705,10 +699,68 @@ async fn remove_nats_streams(url: &str, dests: &[String]) {
     }
 }
 
-/// The bus's partitions (its default).
-const LAYOUT_PARTITIONS: u32 = 16;
-/// The bus's consumers: twice its default pull batch of 256 in flight per partition.
-const LAYOUT_MAX_ACK_PENDING: i64 = 512;
+/// The NATS bus's wire layout as the layout baseline reproduces it: the bus's settings from the
+/// benchmark's URL, unless `--layout-*` flags change them.
+struct Layout {
+    /// The server list (the URL without the bus's settings), for the raw clients.
+    servers: String,
+    partitions: u32,
+    max_ack_pending: i64,
+    /// The bus's own values, to say when the flags changed them.
+    bus_partitions: u32,
+    bus_max_ack_pending: i64,
+}
+
+impl Layout {
+    fn of(opts: &Options) -> Result<Self, String> {
+        let (servers, bus) =
+            keel_bus_nats::Settings::from_url(&opts.backend, keel_bus_nats::Settings::default())
+                .map_err(|e| e.to_string())?;
+        // The bus's consumers allow twice its pull batch unacknowledged per partition.
+        let bus_max_ack_pending = i64::try_from(bus.pull_batch * 2).unwrap_or(i64::MAX);
+        Ok(Self {
+            servers,
+            partitions: opts.layout_partitions.unwrap_or(bus.partitions).max(1),
+            max_ack_pending: opts
+                .layout_max_ack_pending
+                .unwrap_or(bus_max_ack_pending)
+                .max(1),
+            bus_partitions: bus.partitions,
+            bus_max_ack_pending,
+        })
+    }
+
+    fn describe(&self, opts: &Options) -> String {
+        let changed = !opts.layout_msg_id
+            || opts.layout_one_stream
+            || self.partitions != self.bus_partitions
+            || self.max_ack_pending != self.bus_max_ack_pending;
+        format!(
+            "raw async-nats, layout: the NATS bus's wire layout — {}, envelope bodies {}, up to {} \
+             unacknowledged per partition, acknowledge-all every {LAYOUT_ACK_EVERY}{}",
+            if opts.layout_one_stream {
+                format!(
+                    "one stream, {} partition subjects with a filtered consumer each",
+                    self.partitions
+                )
+            } else {
+                format!("{} partition streams", self.partitions)
+            },
+            if opts.layout_msg_id {
+                "with Nats-Msg-Id"
+            } else {
+                "without Nats-Msg-Id"
+            },
+            self.max_ack_pending,
+            if changed {
+                " (changed from the bus's by --layout-* flags)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// The bus acknowledges the last handled message every this many (and when it waits).
 const LAYOUT_ACK_EVERY: usize = 64;
 
@@ -719,18 +771,23 @@ const LAYOUT_ACK_EVERY: usize = 64;
 /// put the partitions on one stream (a subject each, a filtered consumer each), to measure
 /// what they cost. The gap between
 /// this and the plain baseline is the price of the layout; the gap to Keel's figure is Keel's.
-async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Result<Run, String> {
+async fn nats_layout_baseline(
+    meter: &Meter,
+    opts: &Options,
+    layout: &Layout,
+    tag: &str,
+) -> Result<Run, String> {
     use async_nats::jetstream::{
         self,
         consumer::{AckPolicy, pull},
         message::PublishMessage,
     };
     use futures::StreamExt;
-    let client = async_nats::connect(&opts.backend)
+    let client = async_nats::connect(&layout.servers)
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client);
-    let partitions = opts.layout_partitions.max(1);
+    let partitions = layout.partitions;
     let name = |p: u32| format!("BENCH_LAYOUT_{tag}_{p}");
     let subject = |p: u32| format!("bench.layout.{tag}.{p}");
     let msgs: Vec<Message> = (0..opts.messages)
@@ -763,7 +820,7 @@ async fn nats_layout_baseline(meter: &Meter, opts: &Options, tag: &str) -> Resul
                 durable_name: Some(format!("base{p}")),
                 filter_subject: if one { subject(p) } else { String::new() },
                 ack_policy: AckPolicy::All,
-                max_ack_pending: opts.layout_max_ack_pending.max(1),
+                max_ack_pending: layout.max_ack_pending,
                 ..Default::default()
             })
             .await

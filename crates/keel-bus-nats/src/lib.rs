@@ -110,7 +110,83 @@ impl Default for Settings {
     }
 }
 
+/// The settings a bus URL's query can carry, by name.
+pub const URL_SETTINGS: &[&str] = &[
+    "prefix",
+    "partitions",
+    "replicas",
+    "ack_wait",
+    "max_age",
+    "max_messages",
+    "duplicate_window",
+    "request_timeout",
+    "pull_batch",
+    "member_timeout",
+];
+
 impl Settings {
+    /// Splits a bus URL into the server list and these settings with the URL's query applied:
+    /// `nats://host:4222?partitions=4&replicas=3&ack_wait=30s` (several servers
+    /// comma-separated before the `?`). Durations take `250ms`, `30s`, `7d` or milliseconds.
+    /// An unknown name, a repeated one or a bad value is an error naming it; the result is
+    /// checked as [`NatsBus::connect_with`] does.
+    pub fn from_url(url: &str, defaults: Settings) -> Result<(String, Settings), BusError> {
+        let Some((servers, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), defaults));
+        };
+        let mut s = defaults;
+        let mut seen: Vec<&str> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |why: String| {
+                BusError::Invalid(format!(
+                    "bus URL {}: setting `{name}`: {why}",
+                    redact(servers)
+                ))
+            };
+            if !URL_SETTINGS.contains(&name) {
+                return Err(bad(format!(
+                    "unknown; the settings are {}",
+                    URL_SETTINGS.join(", ")
+                )));
+            }
+            if seen.contains(&name) {
+                return Err(bad("given more than once".into()));
+            }
+            seen.push(name);
+            if value.is_empty() {
+                return Err(bad("has no value".into()));
+            }
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("{value:?} is not a whole number")))
+            };
+            let duration = || keel_duration::parse(value).map_err(bad);
+            match name {
+                "prefix" => s.prefix = value.to_owned(),
+                "partitions" => {
+                    s.partitions = u32::try_from(number()?).unwrap_or(u32::MAX);
+                }
+                "replicas" => s.replicas = usize::try_from(number()?).unwrap_or(usize::MAX),
+                "ack_wait" => s.ack_wait = duration()?,
+                "max_age" => s.max_age = duration()?,
+                "max_messages" => s.max_messages = i64::try_from(number()?).unwrap_or(i64::MAX),
+                "duplicate_window" => s.duplicate_window = duration()?,
+                "request_timeout" => s.request_timeout = duration()?,
+                "pull_batch" => s.pull_batch = usize::try_from(number()?).unwrap_or(usize::MAX),
+                _ => s.member_timeout = duration()?,
+            }
+        }
+        s.check().map_err(|e| match e {
+            BusError::Invalid(why) => {
+                BusError::Invalid(format!("bus URL {}: {why}", redact(servers)))
+            }
+            other => other,
+        })?;
+        Ok((servers.to_owned(), s))
+    }
+
     fn check(&self) -> Result<(), BusError> {
         let p = &self.prefix;
         if p.is_empty()
@@ -141,6 +217,22 @@ impl Settings {
                 "pull_batch must be between 1 and 10,000".into(),
             ));
         }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(BusError::Invalid(
+                "replicas must be between 1 and 5 (JetStream's limit)".into(),
+            ));
+        }
+        if self.max_messages < 1 {
+            return Err(BusError::Invalid("max_messages must be at least 1".into()));
+        }
+        if self.max_age.is_zero() {
+            return Err(BusError::Invalid("max_age must be more than zero".into()));
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(BusError::Invalid(
+                "request_timeout must be at least 100 ms".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -164,13 +256,16 @@ struct Inner {
 }
 
 impl NatsBus {
-    /// Connects to the server at `url` (`nats://host:4222`; several servers comma-separated).
+    /// Connects to the server at `url` (`nats://host:4222`; several servers comma-separated),
+    /// with the default settings and those in the URL's query (see [`Settings::from_url`]).
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         Self::connect_with(url, Settings::default()).await
     }
 
-    /// Connects with explicit settings.
+    /// Connects with explicit settings; those in the URL's query replace them.
     pub async fn connect_with(url: &str, settings: Settings) -> Result<Self, BusError> {
+        let (url, settings) = Settings::from_url(url, settings)?;
+        let url = url.as_str();
         settings.check()?;
         let shown = redact(url);
         let client = async_nats::ConnectOptions::new()
@@ -679,6 +774,67 @@ mod tests {
             "nats://h:4222,nats://***@g:1"
         );
         assert_eq!(redact("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn settings_come_from_the_url_query() {
+        let d = Settings::default();
+        let (servers, s) = Settings::from_url("nats://h:4222", d.clone()).unwrap();
+        assert_eq!((servers.as_str(), &s), ("nats://h:4222", &d));
+        let (servers, s) = Settings::from_url(
+            "nats://u:pw@a:4222,nats://b:4222?partitions=4&replicas=3&ack_wait=30s&max_age=2d\
+             &max_messages=5000&duplicate_window=5m&request_timeout=2500&pull_batch=64\
+             &member_timeout=1.5s&prefix=shop",
+            d.clone(),
+        )
+        .unwrap();
+        assert_eq!(servers, "nats://u:pw@a:4222,nats://b:4222");
+        let want = Settings {
+            prefix: "shop".into(),
+            partitions: 4,
+            ack_wait: Duration::from_secs(30),
+            max_age: Duration::from_secs(2 * 86_400),
+            max_messages: 5000,
+            duplicate_window: Duration::from_secs(300),
+            replicas: 3,
+            request_timeout: Duration::from_millis(2500),
+            pull_batch: 64,
+            member_timeout: Duration::from_millis(1500),
+        };
+        assert_eq!(s, want);
+        // An empty query, or a trailing '&', changes nothing.
+        assert_eq!(Settings::from_url("nats://h?", d.clone()).unwrap().1, d);
+        assert_eq!(
+            Settings::from_url("nats://h?partitions=2&", d.clone())
+                .unwrap()
+                .1
+                .partitions,
+            2
+        );
+    }
+
+    #[test]
+    fn a_bad_url_setting_is_named_and_the_password_is_not_shown() {
+        let d = Settings::default();
+        let err = |url: &str| match Settings::from_url(url, d.clone()) {
+            Err(BusError::Invalid(m)) => m,
+            other => panic!("{url}: {other:?}"),
+        };
+        let e = err("nats://u:secret@h:4222?partitons=4");
+        assert!(e.contains("`partitons`") && e.contains("unknown"), "{e}");
+        assert!(e.contains("partitions, replicas"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        assert!(err("nats://h?partitions=four").contains("\"four\" is not a whole number"));
+        assert!(err("nats://h?partitions=0").contains("partitions must be between 1 and 1024"));
+        assert!(err("nats://h?partitions=99999999999").contains("partitions must be"));
+        assert!(err("nats://h?ack_wait=soon").contains("`ack_wait`"));
+        assert!(err("nats://h?ack_wait=10ms").contains("ack_wait must be at least 300 ms"));
+        assert!(err("nats://h?replicas=7").contains("replicas must be between 1 and 5"));
+        assert!(err("nats://h?replicas=1&replicas=3").contains("more than once"));
+        assert!(err("nats://h?prefix=").contains("has no value"));
+        assert!(err("nats://h?prefix=a.b").contains("prefix \"a.b\""));
+        assert!(err("nats://h?max_messages=0").contains("max_messages must be"));
+        assert!(err("nats://h?pull_batch=-1").contains("`pull_batch`"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{bus, bus_with, nats_url, settings, until};
+use common::{Cleanup, bus, bus_with, nats_url, settings, unique_prefix, until};
 use futures::StreamExt;
 use keel_bus_nats::{NatsBus, Settings};
 use keel_messaging::{
@@ -1148,6 +1148,61 @@ async fn names_partition_counts_and_urls_are_checked() {
         .unwrap_err();
     assert!(matches!(&err, BusError::Unavailable(_)), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+/// Settings in the URL's query (what a service's `bus` setting can carry) shape what the bus
+/// makes on the server; a bad one is refused before connecting.
+#[tokio::test]
+async fn settings_in_the_url_shape_the_streams() {
+    let Some(url) = nats_url("settings_in_the_url_shape_the_streams") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let with = format!(
+        "{url}?prefix={prefix}&partitions=2&max_age=1h&max_messages=100&duplicate_window=30s&ack_wait=2s"
+    );
+    let bus = NatsBus::connect(&with).await.unwrap();
+    let _cleanup = Cleanup::new(&url, bus.settings().clone());
+    assert_eq!(bus.settings().partitions, 2);
+    let log: Log = Arc::default();
+    let c = bus
+        .subscribe(Subscription::new("urlset", "g"), recorder(log.clone()))
+        .await
+        .unwrap();
+    let (n, err) = bus
+        .publish_all(
+            &(0..6)
+                .map(|i| msg("urlset", &format!("k{i}"), i))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    assert_eq!((n, err.is_none()), (6, true));
+    until("all six", || log.lock().unwrap().len() == 6).await;
+    c.stop().await;
+    let js = bus.jetstream();
+    for p in 0..2 {
+        let mut stream = js.get_stream(bus.stream_name("urlset", p)).await.unwrap();
+        let config = &stream.info().await.unwrap().config;
+        assert_eq!(config.subjects, vec![format!("{prefix}.urlset.{p}")]);
+        assert_eq!(config.max_age, Duration::from_secs(3600));
+        assert_eq!(
+            config.max_messages, 50,
+            "100 per destination over 2 partitions"
+        );
+        assert_eq!(config.duplicate_window, Duration::from_secs(30));
+    }
+    assert!(
+        js.get_stream(bus.stream_name("urlset", 2)).await.is_err(),
+        "only two partitions"
+    );
+
+    let err = NatsBus::connect(&format!("{url}?partitions=2&partition=3"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BusError::Invalid(e) if e.contains("`partition`") && e.contains("unknown")),
+        "{err}"
+    );
 }
 
 /// The broker goes away and comes back (a server of the test's own, on its own port and

@@ -15,7 +15,7 @@
 //! See `docs/chassis.md` for the whole story.
 
 pub mod config;
-pub mod duration;
+pub use keel_duration as duration;
 pub mod health;
 pub mod json;
 pub mod openapi;

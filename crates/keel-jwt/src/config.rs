@@ -309,85 +309,16 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             .as_u64()
             .map(Duration::from_millis)
             .ok_or_else(|| format!("{n} is not a whole number of milliseconds")),
-        Value::String(s) => parse_duration(s),
+        Value::String(s) => keel_duration::parse(s),
         other => Err(format!("{other} is not a duration")),
     }
     .map_err(serde::de::Error::custom)
-}
-
-/// Parses `250ms`, `60s`, `5m`, `1h30m`, `1d`, a bare number of milliseconds, or
-/// ISO-8601 `PT…` (hours, minutes, seconds).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("{text:?} is not a duration (use e.g. 250ms, 60s, 5m, or a number of milliseconds)")
-    };
-    let t = text.trim();
-    if let Ok(ms) = t.parse::<u64>() {
-        return Ok(Duration::from_millis(ms));
-    }
-    let (units, rest): (&[(&str, f64)], &str) =
-        match t.strip_prefix("PT").or_else(|| t.strip_prefix("pt")) {
-            Some(iso) => (&[("H", 3600.0), ("M", 60.0), ("S", 1.0)], iso),
-            None => (
-                &[
-                    ("ms", 0.001),
-                    ("us", 1e-6),
-                    ("ns", 1e-9),
-                    ("s", 1.0),
-                    ("m", 60.0),
-                    ("h", 3600.0),
-                    ("d", 86400.0),
-                ],
-                t,
-            ),
-        };
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0f64;
-    let mut rest = rest;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        let after = &rest[num_end..];
-        let (unit, mult) = units
-            .iter()
-            .find(|(u, _)| {
-                after
-                    .to_ascii_lowercase()
-                    .starts_with(&u.to_ascii_lowercase())
-            })
-            .ok_or_else(bad)?;
-        total += n * mult;
-        rest = &after[unit.len()..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("PT5M").unwrap(), Duration::from_secs(300));
-        assert_eq!(
-            parse_duration("PT0.5S").unwrap(),
-            Duration::from_millis(500)
-        );
-        for bad in ["", "s", "5x", "-1s", "PT", "5 s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn gateway_shape_from_spring() {

@@ -61,6 +61,16 @@ pub struct Cleanup {
     settings: Settings,
 }
 
+impl Cleanup {
+    /// A guard for a bus made some other way (e.g. from a URL with settings).
+    pub fn new(url: &str, settings: Settings) -> Self {
+        Self {
+            url: url.to_owned(),
+            settings,
+        }
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let (url, settings) = (self.url.clone(), self.settings.clone());

@@ -1,5 +1,5 @@
-//! Durations as people write them in configuration files and flags, parsed one way for all
-//! of Keel (route files, CLI flags).
+//! Durations as people write them in configuration files, flags and URLs, parsed one way for
+//! all of Keel (route files, service and JWT configuration, CLI flags, bus URL settings).
 
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ fn parse_humane(s: &str) -> Option<Duration> {
 }
 
 fn parse_iso(s: &str) -> Option<Duration> {
+    if s.is_empty() {
+        return None;
+    }
     let mut total = 0.0f64;
     let mut num = String::new();
     for c in s.chars() {
@@ -93,7 +96,13 @@ mod tests {
         assert_eq!(parse("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse("2d").unwrap(), Duration::from_secs(172_800));
         assert_eq!(parse("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("PT5M").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("PT0.5S").unwrap(), Duration::from_millis(500));
         assert!(parse("soon").unwrap_err().contains("soon"));
-        assert!(parse("").is_err());
+        for bad in ["", "s", "5x", "-1s", "PT", "PT5", "1.5.5s"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }
