@@ -743,6 +743,8 @@ impl Layout {
                     "one stream, {} partition subjects with a filtered consumer each",
                     self.partitions
                 )
+            } else if self.partitions == 1 {
+                "1 stream".to_owned()
             } else {
                 format!("{} partition streams", self.partitions)
             },
