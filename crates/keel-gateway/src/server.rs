@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use keel_chassis::{
     Health, Phase,
@@ -30,7 +30,7 @@ use keel_discovery::{Balancer, BalancerConfig, Discovery};
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     GatewayConfig,
@@ -38,6 +38,7 @@ use crate::{
     client::Clients,
     error::{Error, LoadError},
     exchange::Peer,
+    idle::{Check, ConnWatch, Tracked},
     limit::Limiters,
     problem::{GatewayProblem, types},
     proxy::Proxy,
@@ -601,6 +602,85 @@ pub async fn serve(
     serve_on(listener, config, profiles, stop).await
 }
 
+/// One accepted client connection, before it is served.
+struct Connection {
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    client: SocketAddr,
+    /// `server.header_read_timeout`: how long the connection may go without a request in
+    /// progress (see `idle`).
+    idle_timeout: Duration,
+    /// Asks the connection to finish its request in progress and close.
+    stop: CancellationToken,
+}
+
+/// How long a connection closing for idleness gets to close gracefully before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+impl Connection {
+    /// Serves HTTP/1.1 (or HTTP/2 when enabled) on `io` until the client or the upstream side
+    /// ends it, `stop` is cancelled, or it has no request in progress for the idle timeout —
+    /// which is also the time a client has to send a request head.
+    async fn serve<I>(self, io: I, secure: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            gw,
+            builder,
+            client,
+            idle_timeout,
+            stop,
+        } = self;
+        let peer = Arc::new(Peer::new(client, secure));
+        let watch = Arc::new(ConnWatch::new());
+        let svc = {
+            let watch = watch.clone();
+            service_fn(move |req| {
+                let busy = watch.begin();
+                let (gw, peer) = (gw.clone(), peer.clone());
+                // Boxed once here, so hyper moves a pointer, not the whole request state machine.
+                Box::pin(async move {
+                    let res = gw.serve_request(req, peer, client, secure).await;
+                    Ok::<_, Infallible>(res.map(|body| Tracked::new(body, busy)))
+                })
+            })
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
+        let (mut stopping, mut expired) = (false, false);
+        loop {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut cancelled, if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle => match watch.check(idle_timeout, tokio::time::Instant::now()) {
+                    Check::Expired if expired => return,
+                    Check::Expired => {
+                        tracing::debug!(%client, ?idle_timeout, "no request in progress or its head incomplete for the idle timeout: closing");
+                        expired = true;
+                        conn.as_mut().graceful_shutdown();
+                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                    }
+                    Check::Until(at) => idle.as_mut().reset(at),
+                },
+            }
+        }
+    }
+}
+
 /// Headers hyper parses without allocating (its default limit).
 const HYPER_STACK_HEADERS: usize = 100;
 
@@ -639,17 +719,15 @@ pub async fn serve_on(
         None => None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        .max_buf_size(
-            config
-                .server
-                .max_header_bytes
-                .saturating_mul(4)
-                .max(64 * 1024),
-        );
+    // No hyper header-read timeout: it arms a timer per request. `idle::ConnWatch` keeps one
+    // per connection with the same limit (see `serve_connection`).
+    builder.http1().max_buf_size(
+        config
+            .server
+            .max_header_bytes
+            .saturating_mul(4)
+            .max(64 * 1024),
+    );
     // hyper parses up to 100 headers into an array on the stack; a larger limit makes it
     // allocate that array on the heap for every request. Up to 100, `check_head` answers the
     // configured limit with a problem and hyper's own 431 (without a body) covers the rest.
@@ -667,7 +745,10 @@ pub async fn serve_on(
         routes = gw.proxy.table.load().routes.len(),
         "keel gateway listening"
     );
-    let graceful = GracefulShutdown::new();
+    // Connections keep serving through the drain delay; `connections_stop` asks them to
+    // finish once the listener has closed.
+    let (connections, connections_stop) = (TaskTracker::new(), CancellationToken::new());
+    let idle_timeout = config.server.header_read_timeout;
     // On stop, readiness turns DOWN at once; the listener keeps accepting for the drain
     // delay (so load balancers see DOWN before connections are refused), then closes.
     let closing = {
@@ -692,50 +773,37 @@ pub async fn serve_on(
             },
         };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        let secure = tls.is_some();
-        let peer = Arc::new(Peer::new(client, secure));
-        let svc = service_fn(move |req| {
-            let (gw, peer) = (gw.clone(), peer.clone());
-            // Boxed once here, so hyper moves a pointer, not the whole request state machine.
-            Box::pin(async move {
-                Ok::<_, Infallible>(gw.serve_request(req, peer, client, secure).await)
-            })
-        });
+        let conn = Connection {
+            gw: gw.clone(),
+            builder: builder.clone(),
+            client,
+            idle_timeout,
+            stop: connections_stop.clone(),
+        };
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                connections.spawn(conn.serve(stream, false));
             }
             Some(acceptor) => {
-                let (acceptor, builder, watcher) =
-                    (acceptor.clone(), builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
+                    match handshake.await {
+                        Ok(Ok(s)) => conn.serve(s, true).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%client, error = %e, "TLS handshake failed");
-                            return;
                         }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        Err(_) => {}
                     }
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
+    connections.close();
+    connections_stop.cancel();
+    if tokio::time::timeout(config.server.shutdown_grace, connections.wait())
         .await
         .is_err()
     {

@@ -1471,3 +1471,85 @@ async fn upstream_connections_are_reused() {
         "30 sequential requests opened {n} upstream connections"
     );
 }
+
+/// `server.header-read-timeout` is how long a connection may go without a request in
+/// progress: a client that sends part of a request head (all at once or a byte at a time)
+/// and an idle keep-alive connection are closed after it; a request whose upstream takes
+/// longer than it is not cut, and its connection serves the next request.
+#[tokio::test]
+async fn slow_heads_and_idle_connections_are_closed_but_slow_responses_are_not() {
+    use tokio::net::TcpStream;
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        "server:\n  header-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
+        up.url()
+    ))
+    .await;
+    // Reads until the gateway closes the connection; how long that took and what came.
+    async fn until_closed(s: &mut TcpStream, started: std::time::Instant) -> (Duration, String) {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .expect("the gateway did not close the connection");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
+    }
+
+    // Half a head, then silence.
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (took, got) = until_closed(&mut s, started).await;
+    assert!(took >= Duration::from_millis(290), "closed after {took:?}");
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(!got.contains("200 OK"), "{got}");
+
+    // A byte every 50 ms: the head never completes, and dribbling buys no time.
+    let started = std::time::Instant::now();
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let dribble = tokio::spawn(async move {
+        let head = format!(
+            "GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+            "a".repeat(400)
+        );
+        for b in head.bytes() {
+            if w.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut buf))
+        .await
+        .expect("the gateway did not close a dribbling connection");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    dribble.abort();
+
+    // One request on a keep-alive connection, then nothing.
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (took, got) = until_closed(&mut s, started).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(took >= Duration::from_millis(290), "closed after {took:?}");
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+
+    // An upstream slower than the timeout: the response comes, and the same connection
+    // (the client keeps one) serves the next request.
+    let c = client();
+    let res = c.get(gw.url("/slow/900")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["slept"], 900);
+    let res = c.get(gw.url("/echo")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    gw.stop().await;
+}
