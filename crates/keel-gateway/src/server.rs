@@ -720,7 +720,7 @@ pub async fn serve_on(
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No hyper header-read timeout: it arms a timer per request. `idle::ConnWatch` keeps one
-    // per connection with the same limit (see `serve_connection`).
+    // per connection with the same limit (see `Connection::serve`).
     builder.http1().max_buf_size(
         config
             .server
