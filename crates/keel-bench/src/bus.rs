@@ -167,7 +167,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let tag = format!("{:x}", rand_u32());
     println!(
         "keel bench bus: backend {} ({}), {} messages in batches of {}, medians of {} rounds, latency at {} msg/s for {} s",
-        opts.backend,
+        keel_bus_nats::redact(&opts.backend),
         bus.backend(),
         opts.messages,
         opts.batch,

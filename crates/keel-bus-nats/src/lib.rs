@@ -702,8 +702,9 @@ fn partitions_in(description: &str) -> Option<u32> {
     count.parse().ok()
 }
 
-/// `url` without a password or token.
-fn redact(url: &str) -> String {
+/// `url` (one server or several, comma-separated) without a password or token, for logs and
+/// reports: `nats://u:secret@h:4222` → `nats://***@h:4222`.
+pub fn redact(url: &str) -> String {
     url.split(',')
         .map(|u| match (u.find("://"), u.rfind('@')) {
             (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
