@@ -198,8 +198,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     for r in 0..rounds {
         let (tp, bl) = (format!("bench.tp.{tag}.{r}"), format!("bench.bl.{tag}.{r}"));
         let keel_first = r % 2 == 0;
-        for part in [keel_first, !keel_first] {
-            if part {
+        for keel_turn in [keel_first, !keel_first] {
+            if keel_turn {
                 meter
                     .run(&mut keel, Shape::Live, async {
                         let round = throughput(&*bus, &meter, &opts, &tp, Shape::Live).await?;
