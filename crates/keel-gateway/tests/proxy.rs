@@ -1553,3 +1553,44 @@ async fn slow_heads_and_idle_connections_are_closed_but_slow_responses_are_not()
     assert_eq!(res.status(), 200);
     gw.stop().await;
 }
+
+/// The same limit closes an idle HTTP/2 (prior knowledge) client connection — gracefully,
+/// so the client's connection ends without an error — and a request in progress on it is not
+/// cut.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_the_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    let up = upstream("u").await;
+    let gw = gateway(&format!(
+        "server:\n  header-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
+        up.url()
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let conn = tokio::spawn(conn);
+    // Slower than the timeout: answered in full.
+    let req = hyper::Request::get(format!("http://{}/slow/700", gw.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("\"slept\":700"));
+    // Then idle: the gateway ends the connection about the timeout later.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle HTTP/2 connection was not closed");
+    let took = started.elapsed();
+    let ended = ended.unwrap();
+    assert!(ended.is_ok(), "the connection ended with an error: {ended:?}");
+    assert!(took >= Duration::from_millis(990), "closed after {took:?}");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    gw.stop().await;
+}
