@@ -1589,7 +1589,10 @@ async fn idle_http2_connections_are_closed_after_the_timeout() {
         .expect("the idle HTTP/2 connection was not closed");
     let took = started.elapsed();
     let ended = ended.unwrap();
-    assert!(ended.is_ok(), "the connection ended with an error: {ended:?}");
+    assert!(
+        ended.is_ok(),
+        "the connection ended with an error: {ended:?}"
+    );
     assert!(took >= Duration::from_millis(990), "closed after {took:?}");
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
     gw.stop().await;
