@@ -716,8 +716,7 @@ impl Layout {
         let (servers, bus) =
             keel_bus_nats::Settings::from_url(&opts.backend, keel_bus_nats::Settings::default())
                 .map_err(|e| e.to_string())?;
-        // The bus's consumers allow twice its pull batch unacknowledged per partition.
-        let bus_max_ack_pending = i64::try_from(bus.pull_batch * 2).unwrap_or(i64::MAX);
+        let bus_max_ack_pending = bus.max_ack_pending();
         Ok(Self {
             servers,
             partitions: opts.layout_partitions.unwrap_or(bus.partitions).max(1),

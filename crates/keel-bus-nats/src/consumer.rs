@@ -142,12 +142,6 @@ struct Fetch {
 /// How long a long poll stays open on the server.
 const LONG_POLL: Duration = Duration::from_secs(5);
 
-/// Unacknowledged messages the group's consumer on a partition allows: a buffer of fetched
-/// messages waiting behind the one in hand, plus a fetch's worth.
-fn max_ack_pending(pull_batch: usize) -> i64 {
-    (2 * pull_batch.max(1)) as i64
-}
-
 /// A partition's messages delivered to this worker and not yet handled, in stream-sequence
 /// order. They nearly always arrive in order, so a sorted queue does with one move in and one
 /// out per message what a map of these large values would do with shifts inside its nodes.
@@ -218,7 +212,7 @@ impl Group {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::All,
             ack_wait: settings.ack_wait,
-            max_ack_pending: max_ack_pending(settings.pull_batch),
+            max_ack_pending: settings.max_ack_pending(),
             ..Default::default()
         };
         let consumer: PullConsumer = stream

@@ -1472,6 +1472,15 @@ async fn upstream_connections_are_reused() {
     );
 }
 
+/// A gateway routing everything to `up`, with `server.header-read-timeout` at 300 ms.
+async fn short_idle_gateway(up: &Upstream) -> Gw {
+    gateway(&format!(
+        "server:\n  header-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
+        up.url()
+    ))
+    .await
+}
+
 /// `server.header-read-timeout` is how long a connection may go without a request in
 /// progress: a client that sends part of a request head (all at once or a byte at a time)
 /// and an idle keep-alive connection are closed after it; a request whose upstream takes
@@ -1480,11 +1489,7 @@ async fn upstream_connections_are_reused() {
 async fn slow_heads_and_idle_connections_are_closed_but_slow_responses_are_not() {
     use tokio::net::TcpStream;
     let up = upstream("u").await;
-    let gw = gateway(&format!(
-        "server:\n  header-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
-        up.url()
-    ))
-    .await;
+    let gw = short_idle_gateway(&up).await;
     // Reads until the gateway closes the connection; how long that took and what came.
     async fn until_closed(s: &mut TcpStream, started: std::time::Instant) -> (Duration, String) {
         let mut buf = Vec::new();
@@ -1561,11 +1566,7 @@ async fn slow_heads_and_idle_connections_are_closed_but_slow_responses_are_not()
 async fn idle_http2_connections_are_closed_after_the_timeout() {
     use http_body_util::{BodyExt, Empty};
     let up = upstream("u").await;
-    let gw = gateway(&format!(
-        "server:\n  header-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: u, uri: '{}', predicates: ['Path=/**']}}\n",
-        up.url()
-    ))
-    .await;
+    let gw = short_idle_gateway(&up).await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
