@@ -209,7 +209,7 @@ enum Bench {
         /// with a filtered consumer per partition, instead of a stream per partition.
         #[arg(long)]
         layout_one_stream: bool,
-        /// NATS only: partitions of the raw-client layout baseline (default: the bus's — 16
+        /// NATS only: partitions of the raw-client layout baseline (default: the bus's — 4
         /// unless the URL sets `?partitions=`), to measure what partitioning costs.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         layout_partitions: Option<u32>,

@@ -4,11 +4,11 @@
 //! Layout on the server (all names derive from [`Settings::prefix`], `keel` by default):
 //!
 //! - a message goes to the subject `<prefix>.<destination>.<partition>`, where the partition
-//!   is [`Message::partition`] (FNV-1a of the key, 16 partitions by default, like the embedded
-//!   bus). The body is the whole envelope as JSON (id, key, headers, payload), and the
-//!   `Nats-Msg-Id` header carries the message id, so the server drops a re-publish of the same
-//!   id within the duplicate window (2 minutes by default) — a relay that crashed between
-//!   publishing and deleting its rows does not duplicate anything;
+//!   is [`Message::partition`] (FNV-1a of the key, 4 partitions by default — see
+//!   [`Settings::partitions`]). The body is the whole envelope as JSON (id, key, headers,
+//!   payload), and the `Nats-Msg-Id` header carries the message id, so the server drops a
+//!   re-publish of the same id within the duplicate window (2 minutes by default) — a relay
+//!   that crashed between publishing and deleting its rows does not duplicate anything;
 //! - **one stream per partition of a destination**, created on demand (on first publish to it,
 //!   or on subscribe), named `<prefix>_<destination with '.' as '_'>_<8 hex digits of its
 //!   hash>_<partition>` and holding exactly that partition's subject;
@@ -66,8 +66,12 @@ pub struct Settings {
     /// `[A-Za-z0-9_-]`. Deployments (or tests) with different prefixes never meet.
     pub prefix: String,
     /// Partitions per destination (per-key order holds within one; each is a stream).
-    /// Default 16. Every process using a destination must use the same value; a stream
-    /// records the count it was created with, and a process with another count is refused.
+    /// Default 4: at most four members of a group share a destination's work. Each partition
+    /// is a stream the broker feeds and a consumer it serves, and on a small machine 16 of
+    /// them cost about a quarter of the throughput of 4 (`docs/messaging.md`); a deployment
+    /// that needs more competing members sets `?partitions=N`. Every process using a
+    /// destination must use the same value; a stream records the count it was created with,
+    /// and a process with another count is refused.
     pub partitions: u32,
     /// How long the server waits for an acknowledgement before giving a message to another
     /// member (default 10 s). A live member extends it while it works on a message, so this is
@@ -97,7 +101,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             prefix: "keel".into(),
-            partitions: 16,
+            partitions: 4,
             ack_wait: Duration::from_secs(10),
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_messages: 1_000_000,

@@ -1,5 +1,6 @@
 //! The one body type the gateway sends and answers with: a streamed hyper body (the client's
-//! request going up, the upstream's response coming down), a byte buffer (problems, composed
+//! request going up, the upstream's response coming down), a response body read straight off
+//! a fast-path upstream connection, a byte buffer (problems, composed
 //! documents, replayable retries), or nothing. No boxing on the hot path.
 
 use std::{
@@ -38,6 +39,8 @@ pub enum Body {
     Incoming(Incoming),
     /// A streamed body cut off at a limit.
     Limited(Limited),
+    /// A response body still arriving on a fast-path upstream connection.
+    Upstream(crate::h1::Streamed),
 }
 
 /// A streamed body with a byte limit; exceeding it ends the stream with [`BodyTooLarge`]
@@ -107,6 +110,7 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
+            Body::Upstream(s) => s.poll_frame(cx),
         }
     }
 
@@ -116,6 +120,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
+            Body::Upstream(s) => s.is_end_stream(),
         }
     }
 
@@ -125,6 +130,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
+            Body::Upstream(s) => s.size_hint(),
         }
     }
 }

@@ -20,7 +20,11 @@ use hyper_util::{
 
 use rustc_hash::FxHashMap;
 
-use crate::{body::Body, config::HttpClientSettings};
+use crate::{
+    body::Body,
+    config::HttpClientSettings,
+    h1::{Conn, Framing, H1Error, Streamed, encode_head},
+};
 
 /// A pooled client.
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
@@ -73,6 +77,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 /// A pooled connection and when it went back into the pool.
 type IdleSender = (Sender, std::time::Instant);
 
+/// An idle fast-path connection and when it went back into the pool.
+type IdleConn = (Conn, std::time::Instant);
+
 /// Why a pooled HTTP/1 call failed.
 #[derive(Debug)]
 pub(crate) enum PoolError {
@@ -80,6 +87,8 @@ pub(crate) enum PoolError {
     Connect(String),
     /// The exchange failed after the request was (possibly) sent.
     Send(hyper::Error),
+    /// The same, on the fast path (`h1.rs`).
+    Failed(String),
 }
 
 /// A lean keep-alive pool of HTTP/1 connections per upstream `host:port`, on hyper's
@@ -92,6 +101,8 @@ pub(crate) struct Http1Pool {
     /// Keyed by upstream `host:port` from the route file or the registry (not chosen by
     /// clients), so hashed with FxHash rather than SipHash.
     idle: Arc<Mutex<FxHashMap<Box<str>, Vec<IdleSender>>>>,
+    /// The fast path's idle connections (`h1.rs`), keyed the same way.
+    raw: Arc<Mutex<FxHashMap<Box<str>, Vec<IdleConn>>>>,
     max_per_host: usize,
     idle_timeout: Duration,
     tls: Arc<UpstreamTls>,
@@ -245,6 +256,7 @@ impl Http1Pool {
     pub(crate) fn new(max_per_host: usize, idle_timeout: Duration, tls: UpstreamTls) -> Self {
         Self {
             idle: Arc::default(),
+            raw: Arc::default(),
             max_per_host: max_per_host.max(1),
             idle_timeout,
             tls: Arc::new(tls),
@@ -316,8 +328,126 @@ impl Http1Pool {
         })?
     }
 
-    /// Sends `req` to `authority`.
+    /// Sends `req` to `authority`: a request without a body to a plain upstream on the fast
+    /// path (`h1.rs`), any other on a hyper connection.
     pub(crate) async fn send(
+        &self,
+        authority: &str,
+        tls: bool,
+        connect_timeout: Duration,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, PoolError> {
+        if !tls
+            && http_body::Body::is_end_stream(req.body())
+            && req.method() != http::Method::CONNECT
+            && !req.headers().contains_key(http::header::UPGRADE)
+        {
+            return self.send_bodiless(authority, connect_timeout, req).await;
+        }
+        Box::pin(self.send_hyper(authority, tls, connect_timeout, req))
+            .await
+            .map(|res| res.map(Body::Incoming))
+    }
+
+    /// The fast path: `req` has no body and `authority` is a plain HTTP/1.1 upstream.
+    async fn send_bodiless(
+        &self,
+        authority: &str,
+        connect_timeout: Duration,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, PoolError> {
+        let (parts, _) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = encode_head(&parts.method, path, &parts.headers, authority);
+        let head_request = parts.method == http::Method::HEAD;
+        loop {
+            let (mut conn, reused) = match self.checkout_raw(authority) {
+                Some(c) => (c, true),
+                None => (
+                    Box::pin(self.connect_raw(authority, connect_timeout)).await?,
+                    false,
+                ),
+            };
+            let (h, framing) = match conn.exchange(&head, head_request).await {
+                Ok(r) => r,
+                // A reused connection the upstream had closed, for a request that may be
+                // repeated: once more on a fresh connection (hyper's pool does the same).
+                Err(H1Error::NoResponse(_)) if reused && parts.method.is_idempotent() => continue,
+                Err(H1Error::NoResponse(e) | H1Error::Failed(e)) => {
+                    return Err(PoolError::Failed(e));
+                }
+            };
+            let keep = h.keep_alive();
+            let mut res = http::Response::new(Body::Empty);
+            *res.status_mut() = h.status;
+            *res.headers_mut() = h.headers;
+            let body = match framing {
+                Framing::Empty => {
+                    if keep {
+                        self.checkin_raw(authority, conn);
+                    }
+                    Body::Empty
+                }
+                Framing::Length(n) if let Some(bytes) = conn.take_buffered(n) => {
+                    if keep {
+                        self.checkin_raw(authority, conn);
+                    }
+                    Body::full(bytes)
+                }
+                _ => Body::Upstream(Streamed::new(
+                    conn,
+                    framing,
+                    keep.then(|| (self.clone(), Box::from(authority))),
+                )),
+            };
+            *res.body_mut() = body;
+            return Ok(res);
+        }
+    }
+
+    fn checkout_raw(&self, authority: &str) -> Option<Conn> {
+        let mut m = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+        let list = m.get_mut(authority)?;
+        // Newest first, as in `checkout`.
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() <= self.idle_timeout && conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a fast-path connection whose response was read to its end back in the pool.
+    pub(crate) fn checkin_raw(&self, authority: &str, conn: Conn) {
+        if !conn.is_usable() {
+            return;
+        }
+        let mut m = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+        let list = match m.get_mut(authority) {
+            Some(list) => list,
+            None => m.entry(Box::from(authority)).or_default(),
+        };
+        if list.len() < self.max_per_host {
+            list.push((conn, std::time::Instant::now()));
+        }
+    }
+
+    async fn connect_raw(&self, authority: &str, timeout: Duration) -> Result<Conn, PoolError> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority))
+            .await
+            .map_err(|_| {
+                PoolError::Connect(format!(
+                    "connect timed out after {} ms",
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::new(stream))
+    }
+
+    /// Sends `req` to `authority` on a hyper connection.
+    async fn send_hyper(
         &self,
         authority: &str,
         tls: bool,

@@ -529,7 +529,7 @@ impl Proxy {
                     }
                     return res.map(|_| Body::Empty);
                 }
-                res.map(Body::Incoming)
+                res
             }
             Err(e) => e.into_problem(&route.id, &ex.path),
         }
@@ -598,7 +598,7 @@ impl Proxy {
         ex: &Exchange,
         body: Body,
         avoid: &mut Vec<String>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let timeout = [
             route.response_timeout.or(self.response_timeout),
             route.breaker.as_ref().and_then(|b| b.time_limit),
@@ -628,7 +628,7 @@ impl Proxy {
         ex: &Exchange,
         body: Body,
         avoid: &mut Vec<String>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let (authority, h2c, tls, host, pick) = match target {
             Target::Http {
                 authority,
@@ -661,7 +661,11 @@ impl Proxy {
         let call = async {
             if h2c {
                 let client = self.clients.get(connect_timeout, true);
-                client.request(req).await.map_err(|e| classify(&e))
+                client
+                    .request(req)
+                    .await
+                    .map(|res| res.map(Body::Incoming))
+                    .map_err(|e| classify(&e))
             } else {
                 let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
                 self.pool
@@ -670,6 +674,7 @@ impl Proxy {
                     .map_err(|e| match e {
                         PoolError::Connect(m) => UpstreamError::Connect(m),
                         PoolError::Send(e) => UpstreamError::Other(root_cause(&e)),
+                        PoolError::Failed(m) => UpstreamError::Other(m),
                     })
             }
         };

@@ -1598,3 +1598,156 @@ async fn idle_http2_connections_are_closed_after_the_timeout() {
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
     gw.stop().await;
 }
+
+/// An upstream written byte by byte: each connection reads request heads and answers each
+/// with the canned bytes for its path (with pauses where `|` stands), closing where the
+/// script says so. Counts the connections it accepted.
+async fn scripted_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (script, close): (&str, bool) = match path.as_str() {
+                        "/split-chunked" => (
+                            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nab|cd\r\n3;x=y\r\nefg\r\n0\r\ntrailer: t\r\n|\r\n",
+                            false,
+                        ),
+                        "/until-close" => (
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart one |part two",
+                            true,
+                        ),
+                        "/length-slow" => (
+                            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234|56789",
+                            false,
+                        ),
+                        "/close" => (
+                            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                            true,
+                        ),
+                        "/interim" => (
+                            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                            false,
+                        ),
+                        "/malformed" => ("HTTP/1.1 abc\r\n\r\n", true),
+                        "/truncated" => ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+                        "/drop" => ("", true),
+                        // Answers, then closes the idle connection shortly after, as an
+                        // upstream with a short keep-alive timeout does.
+                        "/idle-close" => ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok|", true),
+                        _ => ("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nhey", false),
+                    };
+                    for (i, part) in script.split('|').enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                        }
+                        if s.write_all(part.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The fast path to plain HTTP/1.1 upstreams (requests without a body) reads every response
+/// framing as it arrives — chunked in pieces with trailers, close-delimited, a length split
+/// over two writes, interim 1xx responses skipped — reuses connections only when the upstream
+/// allows it, goes around an idle connection the upstream closed, and answers 502 for a
+/// malformed response or a connection closed without one.
+#[tokio::test]
+async fn every_response_framing_is_read_on_the_fast_path() {
+    let (addr, accepted) = scripted_upstream().await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let c = client();
+    let get = |path: &'static str| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move {
+            let res = c.get(url).send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.text().await)
+        }
+    };
+    for (path, want) in [
+        ("/split-chunked", "abcdefg"),
+        ("/length-slow", "0123456789"),
+        ("/interim", "ok"),
+        ("/plain", "hey"),
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!((status, body.unwrap().as_str()), (200, want), "{path}");
+    }
+    // All four on one kept-alive connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    let (status, body) = get("/until-close").await;
+    assert_eq!((status, body.unwrap().as_str()), (200, "part one part two"));
+    let (status, body) = get("/close").await;
+    assert_eq!((status, body.unwrap().as_str()), (200, "ok"));
+    let before = accepted.load(Ordering::SeqCst);
+    let (status, body) = get("/plain").await;
+    assert_eq!((status, body.unwrap().as_str()), (200, "hey"));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before + 1,
+        "a connection the upstream asked to close is not reused"
+    );
+
+    // The upstream closes the connection after answering; the next request goes around it.
+    let (status, _) = get("/idle-close").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let (status, body) = get("/plain").await;
+        assert_eq!((status, body.unwrap().as_str()), (200, "hey"));
+    }
+
+    // A HEAD's response has no body, whatever its Content-Length says.
+    let res = c.head(gw.url("/length-slow")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), 0);
+
+    for path in ["/malformed", "/drop"] {
+        let res = c.get(gw.url(path)).send().await.unwrap();
+        let p = problem(res, 502).await;
+        assert_eq!(p["route"], "up", "{path}: {p}");
+    }
+    // A body cut short reaches the client as a failed response (its head may or may not
+    // have been sent before the upstream's end was seen), never as a complete one.
+    let cut = match c.get(gw.url("/truncated")).send().await {
+        Ok(res) => res.bytes().await.err(),
+        Err(e) => Some(e),
+    };
+    assert!(cut.is_some(), "a truncated body was answered as complete");
+}
