@@ -221,6 +221,16 @@ async fn oha(
     })
 }
 
+/// `keel / nginx` as `1.23×`, or why there is no ratio: when nginx's added latency is not
+/// positive (its runs' tail was no slower than the direct runs'), a quotient means nothing.
+fn ratio(keel: f64, nginx: f64) -> String {
+    if nginx > 0.0 && keel.is_finite() {
+        format!("{:.2}×", keel / nginx)
+    } else {
+        "no ratio: nginx's added p99 is not positive, so the direct runs' tail was as slow; rerun with more --rounds".into()
+    }
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -359,15 +369,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
         keel_rss,
         kg_sat.success.min(kg_fixed.success)
     );
-    let p99_ratio = kg99 / ng99.max(1e-6);
+    let p99_ratio = ratio(kg99, ng99);
     let rps_ratio = kg_sat.rps / ng_sat.rps.max(1e-6);
     println!();
     println!(
-        "  acceptance: added p99 {:.2}× nginx's (≤ 1.2), throughput {:.2}× nginx's (≥ 0.8), RSS {:.1} MiB (≤ 32)",
-        p99_ratio, rps_ratio, keel_rss
+        "  acceptance: added p99 {p99_ratio} nginx's (≤ 1.2), throughput {rps_ratio:.2}× nginx's (≥ 0.8), RSS {keel_rss:.1} MiB (≤ 32)"
     );
     println!(
-        "summary: keel added p99 {kg99:.3} ms vs nginx {ng99:.3} ms ({p99_ratio:.2}×); saturated {:.0} vs {:.0} req/s ({rps_ratio:.2}×); keel RSS {keel_rss:.1} MiB",
+        "summary: keel added p99 {kg99:.3} ms vs nginx {ng99:.3} ms ({p99_ratio}); saturated {:.0} vs {:.0} req/s ({rps_ratio:.2}×); keel RSS {keel_rss:.1} MiB",
         kg_sat.rps, ng_sat.rps
     );
     drop(keel);
@@ -378,6 +387,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_needs_a_positive_baseline() {
+        assert_eq!(ratio(0.3, 0.2), "1.50×");
+        assert!(ratio(0.3, -0.1).starts_with("no ratio"));
+        assert!(ratio(0.3, 0.0).starts_with("no ratio"));
+    }
 
     #[test]
     fn configs_have_twenty_routes_with_the_measured_one_last() {

@@ -86,7 +86,7 @@ impl Conn {
             .map_err(|e| H1Error::NoResponse(e.to_string()))?;
         let mut answered = false;
         loop {
-            if let Some(h) = parse_head(&self.buf).map_err(H1Error::Failed)? {
+            if let Some(mut h) = parse_head(&self.buf).map_err(H1Error::Failed)? {
                 let _ = self.buf.split_to(h.len);
                 if h.status.is_informational() {
                     if h.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -97,7 +97,7 @@ impl Conn {
                     answered = true;
                     continue;
                 }
-                let framing = framing(&h, head_request).map_err(H1Error::Failed)?;
+                let framing = framing(&mut h, head_request).map_err(H1Error::Failed)?;
                 return Ok((h, framing));
             }
             if self.buf.len() > MAX_HEAD {
@@ -264,7 +264,9 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
-fn framing(h: &Head, head_request: bool) -> Result<Framing, String> {
+/// How `h`'s body is delimited. A `Content-Length` beside `Transfer-Encoding` is removed (RFC
+/// 9112 §6.3: the transfer coding wins, and the client must not be told a wrong length).
+fn framing(h: &mut Head, head_request: bool) -> Result<Framing, String> {
     if head_request
         || h.status.is_informational()
         || h.status == StatusCode::NO_CONTENT
@@ -282,10 +284,12 @@ fn framing(h: &Head, head_request: bool) -> Result<Framing, String> {
             .filter_map(|v| v.as_bytes().rsplit(|b| *b == b',').next())
             .last()
             .map(<[u8]>::trim_ascii);
-        return Ok(match last {
+        let framing = match last {
             Some(l) if l.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::UntilClose,
-        });
+        };
+        h.headers.remove(header::CONTENT_LENGTH);
+        return Ok(framing);
     }
     let mut length: Option<u64> = None;
     for v in h.headers.get_all(header::CONTENT_LENGTH) {
@@ -553,7 +557,7 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let f = |t: &str, head_request: bool| framing(&head(t), head_request);
+        let f = |t: &str, head_request: bool| framing(&mut head(t), head_request);
         assert_eq!(
             f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
             Ok(Framing::Length(5))
@@ -580,6 +584,10 @@ mod tests {
             ),
             Ok(Framing::Chunked)
         );
+        let mut both =
+            head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(framing(&mut both, false), Ok(Framing::Chunked));
+        assert!(!both.headers.contains_key(header::CONTENT_LENGTH));
         assert_eq!(
             f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false),
             Ok(Framing::UntilClose)
