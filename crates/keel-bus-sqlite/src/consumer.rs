@@ -401,8 +401,11 @@ impl Member {
             }
             let mut retry_at = 0;
             let mut progressed = false;
+            // Whether the loop below stopped before the end of `rows`.
+            let mut cut = false;
             for row in &rows {
                 if stop.is_cancelled() {
+                    cut = true;
                     break;
                 }
                 let seq: i64 = row.try_get("seq").unwrap_or(committed);
@@ -417,6 +420,7 @@ impl Member {
                             .await
                             .is_err()
                         {
+                            cut = true;
                             break;
                         }
                         committed = seq;
@@ -448,6 +452,7 @@ impl Member {
                             metrics::counter!("keel_messaging_redelivered_total", "destination" => self.sub.destination.clone(), "group" => self.sub.group.clone())
                                 .increment(1);
                             tracing::debug!(message_id = %message.id, attempt = attempts, error = %e, "handler failed; will redeliver");
+                            cut = true;
                             break;
                         }
                         AfterFailure::DeadLetter => {
@@ -460,6 +465,7 @@ impl Member {
                                 .await
                                 .is_err()
                             {
+                                cut = true;
                                 break;
                             }
                             committed = seq;
@@ -469,8 +475,21 @@ impl Member {
                     },
                 }
             }
+            // Every row read was handled and they were fewer than a batch: the partition was
+            // drained as of that read. A publish since then has bumped `wake`, so wait on it
+            // (or the poll) rather than read again only to find nothing.
+            let drained = !cut && (rows.len() as i64) < self.bus.settings.batch;
             match self.save(partition, committed, attempts, retry_at).await {
-                Ok(true) => known = Some((committed, attempts, retry_at)),
+                Ok(true) => {
+                    known = Some((committed, attempts, retry_at));
+                    if drained {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = wake.changed() => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                    }
+                }
                 Ok(false) => {
                     tracing::info!(destination = %self.sub.destination, partition, "lost the partition's lease; stopping");
                     return;
