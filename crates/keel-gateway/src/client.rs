@@ -254,13 +254,46 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
 impl Http1Pool {
     pub(crate) fn new(max_per_host: usize, idle_timeout: Duration, tls: UpstreamTls) -> Self {
-        Self {
+        let pool = Self {
             idle: Arc::default(),
             raw: Arc::default(),
             max_per_host: max_per_host.max(1),
             idle_timeout,
             tls: Arc::new(tls),
-        }
+        };
+        pool.sweep_raw();
+        pool
+    }
+
+    /// Closes idle fast-path connections that outlived the idle time or that the upstream
+    /// closed, also for hosts no request goes to any more (an `lb://` instance that left):
+    /// every half idle time (1–30 s), until the pool is dropped. (hyper's connections end
+    /// their own tasks when the upstream closes them.)
+    fn sweep_raw(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let raw = Arc::downgrade(&self.raw);
+        let idle_timeout = self.idle_timeout;
+        let every = (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(raw) = raw.upgrade() else {
+                    return;
+                };
+                let mut m = raw.lock().unwrap_or_else(|p| p.into_inner());
+                m.retain(|_, list| {
+                    list.retain(|(conn, since)| {
+                        since.elapsed() <= idle_timeout && conn.is_usable()
+                    });
+                    !list.is_empty()
+                });
+            }
+        });
     }
 
     fn checkout(&self, authority: &str) -> Option<Sender> {

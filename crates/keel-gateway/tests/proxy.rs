@@ -1605,15 +1605,19 @@ async fn idle_http2_connections_are_closed_after_the_timeout() {
 async fn scripted_upstream() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let n = accepted.clone();
+    // Connections the gateway closed (the upstream read their end).
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (n, gone) = (accepted.clone(), closed.clone());
     tokio::spawn(async move {
         loop {
             let (mut s, _) = l.accept().await.unwrap();
             n.fetch_add(1, Ordering::SeqCst);
+            let gone = gone.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -1623,7 +1627,11 @@ async fn scripted_upstream() -> (
                         }
                         let mut chunk = [0u8; 4096];
                         match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) => {
+                                gone.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Err(_) => return,
                             Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                     };
@@ -1674,7 +1682,7 @@ async fn scripted_upstream() -> (
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 /// The fast path to plain HTTP/1.1 upstreams (requests without a body) reads every response
@@ -1684,7 +1692,7 @@ async fn scripted_upstream() -> (
 /// malformed response or a connection closed without one.
 #[tokio::test]
 async fn every_response_framing_is_read_on_the_fast_path() {
-    let (addr, accepted) = scripted_upstream().await;
+    let (addr, accepted, _) = scripted_upstream().await;
     let gw = gateway(&format!(
         "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
     ))
@@ -1750,4 +1758,31 @@ async fn every_response_framing_is_read_on_the_fast_path() {
         Err(e) => Some(e),
     };
     assert!(cut.is_some(), "a truncated body was answered as complete");
+}
+
+/// An idle fast-path connection is closed once `httpclient.pool.max-idle-time` has passed,
+/// even when no request goes to its upstream any more.
+#[tokio::test]
+async fn idle_fast_path_connections_are_closed_after_the_idle_time() {
+    let (addr, accepted, closed) = scripted_upstream().await;
+    let gw = gateway(&format!(
+        "gateway:\n  httpclient:\n    pool:\n      max-idle-time: 300ms\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let res = client().get(gw.url("/plain")).send().await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "hey");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let started = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the idle upstream connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the idle time: {:?}",
+        started.elapsed()
+    );
 }

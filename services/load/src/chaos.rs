@@ -436,6 +436,17 @@ mod tests {
         };
         let mut mine = spawn(&ours, "order");
         let mut other = spawn(&theirs, "kitchen");
+        // Until a child has exec'd `sh`, /proc shows a copy of this test process: wait for
+        // both command lines, so the search sees the two children as `keel up` would.
+        for pid in [mine.id(), other.id()] {
+            let started = std::time::Instant::now();
+            while !fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(7).any(|w| w == b"service"))
+            {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         let found = children(&ours);
         let _ = (mine.kill(), other.kill(), mine.wait(), other.wait());
         let _ = fs::remove_dir_all(&base);
