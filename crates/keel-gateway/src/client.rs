@@ -404,7 +404,8 @@ impl Http1Pool {
             let (h, framing) = match conn.exchange(&head, head_request).await {
                 Ok(r) => r,
                 // A reused connection the upstream had closed, for a request that may be
-                // repeated: once more on a fresh connection (hyper's pool does the same).
+                // repeated: again on another one — the next idle one, or a new connection,
+                // after which a failure is final (hyper's pool retries the same way).
                 Err(H1Error::NoResponse(_)) if reused && parts.method.is_idempotent() => continue,
                 Err(H1Error::NoResponse(e) | H1Error::Failed(e)) => {
                     return Err(PoolError::Failed(e));
