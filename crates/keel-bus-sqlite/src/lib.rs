@@ -21,7 +21,8 @@ use crate::wake::Waker;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Partitions per destination (per-key order holds within one). Default 16. Every
-    /// process sharing a bus file must use the same value.
+    /// process sharing a bus file must use the same value: the file records the count it
+    /// was made with, and opening it with another is refused.
     pub partitions: u32,
     /// Messages older than this are deleted (default 7 days).
     pub retention: Duration,
@@ -46,6 +47,36 @@ impl Default for Settings {
             batch: 200,
         }
     }
+}
+
+/// Records `partitions` in a new bus file, or checks it against the count the file was
+/// made with: a message's partition is stored with it, so a process counting differently
+/// would consume partitions that do not hold its keys and never read the others' rows.
+/// (A file from before the count was recorded gets this process's count; until then every
+/// process used the default.)
+async fn check_partitions(store: &Store, url: &str, partitions: u32) -> Result<(), BusError> {
+    let mut tx = store.begin().await.map_err(unavailable)?;
+    sqlx::query(
+        "INSERT INTO bus_settings (name, value) VALUES ('partitions', $1) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(partitions.to_string())
+    .execute(tx.conn())
+    .await
+    .map_err(|e| unavailable(e.into()))?;
+    let have: String =
+        sqlx::query_scalar("SELECT value FROM bus_settings WHERE name = 'partitions'")
+            .fetch_one(tx.conn())
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+    tx.commit().await.map_err(unavailable)?;
+    if have != partitions.to_string() {
+        return Err(BusError::Invalid(format!(
+            "the bus file {url} was made with {have} partitions; this process is configured \
+             with {partitions} (every process sharing a bus file must use the same count)"
+        )));
+    }
+    Ok(())
 }
 
 /// The embedded bus. Cheap to clone.
@@ -79,6 +110,7 @@ impl SqliteBus {
             .migrate("keel_bus", schema::MIGRATIONS)
             .await
             .map_err(unavailable)?;
+        check_partitions(&store, url, settings.partitions).await?;
         let waker = Waker::new(store.clone())
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;

@@ -2,10 +2,11 @@
 
 use keel_store::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "bus",
-    "CREATE TABLE bus_messages (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "bus",
+        "CREATE TABLE bus_messages (
         seq {auto_id},
         destination TEXT NOT NULL,
         partition {bigint} NOT NULL,
@@ -45,4 +46,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::new(
         port {bigint} NOT NULL,
         heartbeat_at {bigint} NOT NULL
     )",
-)];
+    ),
+    // Settings every process opening the file must share (`partitions`): the first to open
+    // the file records them, later ones are checked against them.
+    Migration::new(
+        2,
+        "bus settings",
+        "CREATE TABLE bus_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )",
+    ),
+];

@@ -504,3 +504,25 @@ async fn retention_deletes_by_age_and_keeps_the_newest_per_destination() {
     assert_eq!(got, (7..12).collect::<Vec<_>>());
     c.stop().await;
 }
+
+/// A bus file records its partition count: a process configured with another count is
+/// refused with both counts named, and the file still opens with its own.
+#[tokio::test]
+async fn a_bus_file_refuses_a_process_with_another_partition_count() {
+    let dir = TempDir::new("bus-partition-count");
+    let url = dir.sqlite_url("bus.db");
+    let bus = SqliteBus::open_with(&url, fast()).await.unwrap();
+    drop(bus);
+    let err = SqliteBus::open(&url).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, keel_messaging::BusError::Invalid(_)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("made with {} partitions", fast().partitions))
+            && text.contains("configured with 16"),
+        "{text}"
+    );
+    SqliteBus::open_with(&url, fast()).await.unwrap();
+}
