@@ -74,11 +74,8 @@ impl Clients {
 /// One HTTP/1 upstream connection's request handle.
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
-/// A pooled connection and when it went back into the pool.
-type IdleSender = (Sender, std::time::Instant);
-
-/// An idle fast-path connection and when it went back into the pool.
-type IdleConn = (Conn, std::time::Instant);
+/// Idle connections by upstream, each with when it went back into the pool.
+type IdleMap<T> = Mutex<FxHashMap<Box<str>, Vec<(T, std::time::Instant)>>>;
 
 /// Why a pooled HTTP/1 call failed.
 #[derive(Debug)]
@@ -100,9 +97,9 @@ pub(crate) enum PoolError {
 pub(crate) struct Http1Pool {
     /// Keyed by upstream `host:port` from the route file or the registry (not chosen by
     /// clients), so hashed with FxHash rather than SipHash.
-    idle: Arc<Mutex<FxHashMap<Box<str>, Vec<IdleSender>>>>,
+    idle: Arc<IdleMap<Sender>>,
     /// The fast path's idle connections (`h1.rs`), keyed the same way.
-    raw: Arc<Mutex<FxHashMap<Box<str>, Vec<IdleConn>>>>,
+    raw: Arc<IdleMap<Conn>>,
     max_per_host: usize,
     idle_timeout: Duration,
     tls: Arc<UpstreamTls>,
@@ -314,15 +311,7 @@ impl Http1Pool {
     }
 
     fn checkin(&self, authority: &str, sender: Sender) {
-        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // A known host (every request but the first) needs no owned key.
-        let list = match m.get_mut(authority) {
-            Some(list) => list,
-            None => m.entry(Box::from(authority)).or_default(),
-        };
-        if list.len() < self.max_per_host {
-            list.push((sender, std::time::Instant::now()));
-        }
+        checkin_into(&self.idle, authority, sender, self.max_per_host);
     }
 
     async fn connect(
@@ -353,12 +342,9 @@ impl Http1Pool {
                 .map_err(|e| PoolError::Connect(format!("TLS handshake with {authority}: {e}")))?;
             handshake(stream).await
         };
-        tokio::time::timeout(timeout, connect).await.map_err(|_| {
-            PoolError::Connect(format!(
-                "connect timed out after {} ms",
-                timeout.as_millis()
-            ))
-        })?
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| connect_timed_out(timeout))?
     }
 
     /// Sends `req` to `authority`: a request without a body to a plain upstream on the fast
@@ -453,28 +439,15 @@ impl Http1Pool {
 
     /// Puts a fast-path connection whose response was read to its end back in the pool.
     pub(crate) fn checkin_raw(&self, authority: &str, conn: Conn) {
-        if !conn.is_usable() {
-            return;
-        }
-        let mut m = self.raw.lock().unwrap_or_else(|p| p.into_inner());
-        let list = match m.get_mut(authority) {
-            Some(list) => list,
-            None => m.entry(Box::from(authority)).or_default(),
-        };
-        if list.len() < self.max_per_host {
-            list.push((conn, std::time::Instant::now()));
+        if conn.is_usable() {
+            checkin_into(&self.raw, authority, conn, self.max_per_host);
         }
     }
 
     async fn connect_raw(&self, authority: &str, timeout: Duration) -> Result<Conn, PoolError> {
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority))
             .await
-            .map_err(|_| {
-                PoolError::Connect(format!(
-                    "connect timed out after {} ms",
-                    timeout.as_millis()
-                ))
-            })?
+            .map_err(|_| connect_timed_out(timeout))?
             .map_err(|e| PoolError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn::new(stream))
@@ -529,6 +502,26 @@ impl Http1Pool {
                 },
             }
         }
+    }
+}
+
+fn connect_timed_out(timeout: Duration) -> PoolError {
+    PoolError::Connect(format!(
+        "connect timed out after {} ms",
+        timeout.as_millis()
+    ))
+}
+
+/// Puts an idle connection in `pool`'s list for `authority`, unless the list is full.
+fn checkin_into<T>(pool: &IdleMap<T>, authority: &str, conn: T, max_per_host: usize) {
+    let mut m = pool.lock().unwrap_or_else(|p| p.into_inner());
+    // A known host (every request but the first) needs no owned key.
+    let list = match m.get_mut(authority) {
+        Some(list) => list,
+        None => m.entry(Box::from(authority)).or_default(),
+    };
+    if list.len() < max_per_host {
+        list.push((conn, std::time::Instant::now()));
     }
 }
 
