@@ -17,7 +17,10 @@ use keel_messaging::{
 };
 use keel_store::now_ms;
 use sqlx::Row;
-use tokio::task::JoinHandle;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{SqliteBus, unavailable};
@@ -27,12 +30,23 @@ pub(crate) async fn start(
     sub: Subscription,
     handler: Arc<dyn Handler>,
 ) -> Result<Consumer, BusError> {
-    let member = new_id();
+    let member: Arc<str> = Arc::from(new_id().as_str());
+    let sub = Arc::new(sub);
+    let (saves, queued) = mpsc::unbounded_channel();
+    tokio::spawn(
+        Saver {
+            bus: bus.clone(),
+            sub: sub.clone(),
+            member: member.clone(),
+        }
+        .run(queued),
+    );
     let m = Member {
         bus,
-        sub: Arc::new(sub),
+        sub,
         handler,
-        member: Arc::from(member.as_str()),
+        member,
+        saves,
     };
     m.heartbeat().await?;
     let stop = CancellationToken::new();
@@ -50,6 +64,8 @@ struct Member {
     sub: Arc<Subscription>,
     handler: Arc<dyn Handler>,
     member: Arc<str>,
+    /// Positions to save go to the member's [`Saver`].
+    saves: mpsc::UnboundedSender<SaveRequest>,
 }
 
 struct Worker {
@@ -264,7 +280,8 @@ impl Member {
         Ok((row.0, row.1.max(0) as u32, row.2))
     }
 
-    /// Saves the position, only while this member still owns the partition.
+    /// Saves the position, only while this member still owns the partition (`Ok(false)`
+    /// when it does not any more).
     async fn save(
         &self,
         partition: u32,
@@ -272,26 +289,20 @@ impl Member {
         attempts: u32,
         retry_at: i64,
     ) -> Result<bool, BusError> {
-        let n = self.bus.store.write(sqlx::query(
-            "UPDATE bus_offsets SET committed = $1, attempts = $2, retry_at = $3 \
-             WHERE destination = $4 AND grp = $5 AND partition = $6 AND EXISTS \
-               (SELECT 1 FROM bus_owners WHERE destination = $7 AND grp = $8 AND partition = $9 AND member = $10)",
-        )
-        .bind(committed)
-        .bind(i64::from(attempts))
-        .bind(retry_at)
-        .bind(&self.sub.destination)
-        .bind(&self.sub.group)
-        .bind(i64::from(partition))
-        .bind(&self.sub.destination)
-        .bind(&self.sub.group)
-        .bind(i64::from(partition))
-        .bind(&*self.member)
-        )
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        Ok(n == 1)
+        let (reply, answer) = oneshot::channel();
+        let request = SaveRequest {
+            partition,
+            committed,
+            attempts,
+            retry_at,
+            reply,
+        };
+        if self.saves.send(request).is_err() {
+            return Err(BusError::Unavailable("the offset saver has stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("the offset saver has stopped".into())))
     }
 
     /// Moves `message` to the dead-letter destination and past it, atomically.
@@ -500,6 +511,117 @@ impl Member {
     }
 }
 
+/// A partition's position to save, and where to say whether it was saved.
+struct SaveRequest {
+    partition: u32,
+    committed: i64,
+    attempts: u32,
+    retry_at: i64,
+    reply: oneshot::Sender<Result<bool, BusError>>,
+}
+
+/// Saves the positions of a member's partitions: the requests queued while one statement
+/// runs go together in the next (a publish wakes every partition it touched, and they
+/// finish at about the same time), so a wake-up costs one write instead of one per
+/// partition. Ends when the member and all its partition tasks are gone.
+struct Saver {
+    bus: SqliteBus,
+    sub: Arc<Subscription>,
+    member: Arc<str>,
+}
+
+/// Positions saved per statement at most (7 parameters each, and 5 more).
+const SAVES_PER_STATEMENT: usize = 256;
+
+impl Saver {
+    async fn run(self, mut queued: mpsc::UnboundedReceiver<SaveRequest>) {
+        let mut batch = Vec::new();
+        while queued.recv_many(&mut batch, SAVES_PER_STATEMENT).await > 0 {
+            let saved = self.save_all(&batch).await;
+            for request in batch.drain(..) {
+                let answer = match &saved {
+                    Ok(held) => Ok(held.contains(&i64::from(request.partition))),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = request.reply.send(answer);
+            }
+        }
+    }
+
+    /// Saves every position in `batch` whose partition this member still owns, in one
+    /// statement; returns the partitions saved.
+    async fn save_all(&self, batch: &[SaveRequest]) -> Result<Vec<i64>, BusError> {
+        let sql = multi_offset_update(batch.len());
+        // Only numbered placeholders are formatted into the text.
+        let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
+        for column in 0..3 {
+            for r in batch {
+                let value = match column {
+                    0 => r.committed,
+                    1 => i64::from(r.attempts),
+                    _ => r.retry_at,
+                };
+                query = query.bind(i64::from(r.partition)).bind(value);
+            }
+        }
+        query = query.bind(&self.sub.destination).bind(&self.sub.group);
+        for r in batch {
+            query = query.bind(i64::from(r.partition));
+        }
+        query = query
+            .bind(&self.sub.destination)
+            .bind(&self.sub.group)
+            .bind(&*self.member);
+        let mut tx = self.bus.store.begin().await.map_err(unavailable)?;
+        let saved = query
+            .fetch_all(tx.conn())
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(saved.into_iter().map(|(p,)| p).collect())
+    }
+}
+
+/// `UPDATE bus_offsets …` setting `committed`, `attempts` and `retry_at` of `n` partitions
+/// (a `CASE` per column), only where this member owns the partition, returning the
+/// partitions updated. Parameters: (partition, value) pairs for each column in turn, the
+/// destination, group, the `n` partitions, then destination, group and member.
+fn multi_offset_update(n: usize) -> String {
+    let mut next = 0;
+    let mut param = || {
+        next += 1;
+        format!("${next}")
+    };
+    let mut sql = String::from("UPDATE bus_offsets SET ");
+    for (i, column) in ["committed", "attempts", "retry_at"].iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(column);
+        sql.push_str(" = CASE partition");
+        for _ in 0..n {
+            let (p, v) = (param(), param());
+            sql.push_str(&format!(" WHEN {p} THEN {v}"));
+        }
+        sql.push_str(&format!(" ELSE {column} END"));
+    }
+    let (d, g) = (param(), param());
+    sql.push_str(&format!(
+        " WHERE destination = {d} AND grp = {g} AND partition IN ("
+    ));
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&param());
+    }
+    let (d, g, m) = (param(), param(), param());
+    sql.push_str(&format!(
+        ") AND partition IN (SELECT partition FROM bus_owners WHERE destination = {d} AND grp = {g} AND member = {m}) RETURNING partition"
+    ));
+    sql
+}
+
 /// The dead-letter copy of a row that [`decode`] refused, and the error to attach: the
 /// row's id and key; its headers when they parse (else empty, with the stored text in
 /// `keel-raw-headers`); its payload when it parses (else the stored text as a JSON string,
@@ -542,4 +664,62 @@ fn decode(destination: &str, row: &sqlx::any::AnyRow) -> Result<Message, String>
         headers: serde_json::from_str(&s("headers")?).map_err(|e| format!("headers: {e}"))?,
         payload: serde_json::from_str(&s("payload")?).map_err(|e| format!("payload: {e}"))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_store::testing::TempDir;
+
+    use super::*;
+    use crate::Settings;
+
+    async fn exec(bus: &SqliteBus, sql: &str) {
+        bus.store
+            .write(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())))
+            .await
+            .unwrap();
+    }
+
+    /// Several positions in one statement: each partition gets its own three values, and a
+    /// partition another member owns is neither changed nor reported saved.
+    #[tokio::test]
+    async fn one_statement_saves_each_owned_partition_its_own_position() {
+        let dir = TempDir::new("bus-saver");
+        let bus = SqliteBus::open_with(&dir.sqlite_url("bus.db"), Settings::default())
+            .await
+            .unwrap();
+        for p in 0..4 {
+            exec(&bus, &format!("INSERT INTO bus_offsets (destination, grp, partition, committed) VALUES ('d', 'g', {p}, 0)")).await;
+            let owner = if p == 1 { "other" } else { "me" };
+            exec(&bus, &format!("INSERT INTO bus_owners (destination, grp, partition, member, lease_until) VALUES ('d', 'g', {p}, '{owner}', 0)")).await;
+        }
+        let saver = Saver {
+            bus: bus.clone(),
+            sub: Arc::new(Subscription::new("d", "g")),
+            member: Arc::from("me"),
+        };
+        let request = |partition: u32, committed: i64| SaveRequest {
+            partition,
+            committed,
+            attempts: partition + 1,
+            retry_at: committed * 10,
+            reply: oneshot::channel().0,
+        };
+        let mut saved = saver
+            .save_all(&[request(2, 20), request(1, 10), request(0, 5)])
+            .await
+            .unwrap();
+        saved.sort_unstable();
+        assert_eq!(saved, [0, 2]);
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT partition, committed, attempts, retry_at FROM bus_offsets ORDER BY partition",
+        )
+        .fetch_all(bus.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            [(0, 5, 1, 50), (1, 0, 0, 0), (2, 20, 3, 200), (3, 0, 0, 0)]
+        );
+    }
 }
