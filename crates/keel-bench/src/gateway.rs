@@ -273,6 +273,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     println!(
         "  proxies pinned to core 0 (one nginx worker / one gateway worker thread); oha and the upstream on core 1"
     );
+    println!("  {}", crate::machine::check(Duration::from_secs(2)).await);
     let _upstream = NginxGuard {
         _child: start(
             Command::new("taskset")

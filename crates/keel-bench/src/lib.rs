@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod gateway;
+pub mod machine;
 pub mod outbox;
 pub mod registry;
 pub mod saga;

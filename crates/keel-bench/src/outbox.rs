@@ -63,6 +63,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         bus.backend(),
         opts.seconds
     );
+    println!("  {}", crate::machine::check(Duration::from_secs(2)).await);
     let stop = CancellationToken::new();
     // Kept so the relay can hand its lease back before the process exits (a next run on the
     // same SQLite file would otherwise wait out the lease).
