@@ -426,11 +426,15 @@ mod tests {
         fs::create_dir_all(&ours).unwrap();
         fs::create_dir_all(&theirs).unwrap();
         // `sh -c '…' service order` has `service order` in its command line, as a child of
-        // `keel up` has; `; :` keeps sh from exec-ing sleep.
+        // `keel up` has. It waits in the `read` builtin on a pipe this test holds, so it
+        // starts no process of its own that could outlive the kill below.
         let spawn = |dir: &Path, name: &str| {
             std::process::Command::new("sh")
-                .args(["-c", "sleep 30; :", "service", name])
+                .args(["-c", "read line", "service", name])
                 .env("KEEL_DATA_DIR", dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         };
