@@ -260,6 +260,9 @@ enum Bench {
         /// The oha binary (`cargo install oha`).
         #[arg(long, default_value = "oha")]
         oha: PathBuf,
+        /// Send every request as a `POST` with a JSON body of this many bytes (0: `GET`).
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
     },
     /// Transactional outbox: commit → delivered at fixed commit rates, beside the commit itself.
     Outbox {
@@ -487,6 +490,7 @@ fn main() -> ExitCode {
                 dir,
                 nginx,
                 oha,
+                body_bytes,
             }) => keel_bench::gateway::run(keel_bench::gateway::Options {
                 self_exe: std::env::current_exe()?,
                 rate,
@@ -496,6 +500,7 @@ fn main() -> ExitCode {
                 dir,
                 nginx,
                 oha,
+                body_bytes,
             })
             .await
             .map_err(anyhow::Error::msg),

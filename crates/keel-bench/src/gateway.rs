@@ -34,6 +34,13 @@ pub struct Options {
     pub nginx: PathBuf,
     /// The oha binary.
     pub oha: PathBuf,
+    /// When non-zero, every request is a `POST` with a JSON body of this many bytes.
+    pub body_bytes: usize,
+}
+
+/// A JSON document of exactly `n` bytes (at least the 10 of its frame).
+fn json_body(n: usize) -> String {
+    format!("{{\"pad\":\"{}\"}}", "x".repeat(n.saturating_sub(10)))
 }
 
 fn free_port() -> Result<u16, String> {
@@ -199,6 +206,10 @@ async fn oha(
     if let Some(q) = rate {
         cmd.arg("-q").arg(q.to_string());
     }
+    if opts.body_bytes > 0 {
+        cmd.args(["-m", "POST", "-T", "application/json", "-d"])
+            .arg(json_body(opts.body_bytes));
+    }
     cmd.arg(url);
     let out = cmd
         .output()
@@ -273,6 +284,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
     println!(
         "  proxies pinned to core 0 (one nginx worker / one gateway worker thread); oha and the upstream on core 1"
     );
+    if opts.body_bytes > 0 {
+        println!(
+            "  every request a POST with a {}-byte JSON body",
+            opts.body_bytes
+        );
+    }
     println!("  {}", crate::machine::check(Duration::from_secs(2)).await);
     let _upstream = NginxGuard {
         _child: start(
@@ -388,6 +405,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_bodies_have_the_asked_size() {
+        for n in [10, 100, 1024] {
+            let b = json_body(n);
+            assert_eq!(b.len(), n);
+            assert!(serde_json::from_str::<Value>(&b).is_ok(), "{b}");
+        }
+    }
 
     #[test]
     fn a_ratio_needs_a_positive_baseline() {

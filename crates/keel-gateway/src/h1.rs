@@ -73,15 +73,15 @@ impl Conn {
         }
     }
 
-    /// Writes `head` and reads the final response head (1xx interim responses skipped).
-    /// `head_request`: the request was `HEAD` (its response has no body).
+    /// Writes `request` (head and body) and reads the final response head (1xx interim
+    /// responses skipped). `head_request`: the request was `HEAD` (its response has no body).
     pub(crate) async fn exchange(
         &mut self,
-        head: &[u8],
+        request: &[u8],
         head_request: bool,
     ) -> Result<(Head, Framing), H1Error> {
         self.io
-            .write_all(head)
+            .write_all(request)
             .await
             .map_err(|e| H1Error::NoResponse(e.to_string()))?;
         let mut answered = false;
@@ -147,15 +147,16 @@ impl Conn {
     }
 }
 
-/// The request head for `method path` with `headers` (`Host` from `authority` when the
-/// headers have none).
-pub(crate) fn encode_head(
+/// The request for `method path` with `headers` (`Host` from `authority` when the headers
+/// have none) and `body` (its `Content-Length` is the caller's) in one buffer.
+pub(crate) fn encode_request(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
     authority: &str,
+    body: &[u8],
 ) -> BytesMut {
-    let mut len = method.as_str().len() + path_and_query.len() + 16;
+    let mut len = method.as_str().len() + path_and_query.len() + 16 + body.len();
     for (n, v) in headers {
         len += n.as_str().len() + v.len() + 4;
     }
@@ -180,6 +181,7 @@ pub(crate) fn encode_head(
         b.put_slice(b"\r\n");
     }
     b.put_slice(b"\r\n");
+    b.put_slice(body);
     b
 }
 
@@ -647,16 +649,22 @@ mod tests {
     }
 
     #[test]
-    fn heads_are_encoded_with_host() {
+    fn requests_are_encoded_with_host_and_body() {
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("1"));
-        let b = encode_head(&Method::GET, "/p?q=1", &h, "up:80");
+        let b = encode_request(&Method::GET, "/p?q=1", &h, "up:80", b"");
         assert_eq!(
             &b[..],
             b"GET /p?q=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n\r\n"
         );
         h.insert(header::HOST, HeaderValue::from_static("h"));
-        let b = encode_head(&Method::DELETE, "", &h, "up:80");
+        let b = encode_request(&Method::DELETE, "", &h, "up:80", b"");
         assert_eq!(&b[..], b"DELETE / HTTP/1.1\r\nx-a: 1\r\nhost: h\r\n\r\n");
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        let b = encode_request(&Method::POST, "/o", &h, "up:80", b"{\"a\":1}");
+        assert_eq!(
+            &b[..],
+            b"POST /o HTTP/1.1\r\nx-a: 1\r\nhost: h\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        );
     }
 }

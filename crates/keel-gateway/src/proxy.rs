@@ -44,6 +44,10 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Bodies up to this size are buffered so a retry can send them again.
 const REPLAY_LIMIT: u64 = 1 << 20;
+/// A request body of at most this many bytes with a declared length is read before the
+/// upstream call on every route: it usually came with the head, it can be sent again, and a
+/// plain HTTP/1.1 upstream then gets head and body in one write (the fast path).
+const SMALL_BODY: u64 = 16 * 1024;
 /// Most internal forwards (`forward:` URIs, fallbacks) per request.
 const MAX_FORWARDS: u8 = 4;
 
@@ -535,7 +539,8 @@ impl Proxy {
         }
     }
 
-    /// Applies the body limit and buffers small bodies when a retry may resend them.
+    /// Applies the body limit and reads small bodies of declared length into memory: up to
+    /// 16 KiB always, up to 1 MiB when a retry or `lb://` failover may send them again.
     async fn prepare_body(
         &self,
         route: &Route,
@@ -566,7 +571,12 @@ impl Proxy {
         }
         let replay_wanted = route.retry.as_ref().is_some_and(|r| r.allows(&ex.method))
             || matches!(route.target, Target::Lb { .. });
-        if replay_wanted && declared.is_some_and(|l| l <= REPLAY_LIMIT) {
+        let limit = if replay_wanted {
+            REPLAY_LIMIT
+        } else {
+            SMALL_BODY
+        };
+        if declared.is_some_and(|l| l <= limit) {
             let bytes = match Box::pin(body.collect()).await {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {

@@ -1786,3 +1786,167 @@ async fn idle_fast_path_connections_are_closed_after_the_idle_time() {
         started.elapsed()
     );
 }
+
+/// What [`recording_upstream`] saw: each request's head (lower-cased) and body, as they
+/// arrived on the wire.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An upstream read off the wire: records each request's head and `Content-Length` body and
+/// answers with that body. Counts the connections it accepted.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    Recorded,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let recorded = Recorded::default();
+    let (n, seen) = (accepted.clone(), recorded.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    buf.drain(..end);
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..len).collect();
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                    seen.lock().unwrap().push((head, body.clone()));
+                    if s.write_all(answer.as_bytes()).await.is_err()
+                        || s.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, recorded)
+}
+
+/// Request bodies reach the upstream whole with their exact length: small ones (read before
+/// the call, then sent with the head in one write on the fast path) over reused connections,
+/// one at the 16 KiB limit, a larger one streamed; a client's `Expect: 100-continue` gets its
+/// `100 Continue` from the gateway and is not passed on with a body sent at once.
+#[tokio::test]
+async fn request_bodies_reach_plain_upstreams_whole() {
+    let (addr, accepted, recorded) = recording_upstream().await;
+    let gw = gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let c = client();
+    for i in 0..20 {
+        let body = format!("{{\"order\":{i},\"items\":[\"soup\",\"bread\"]}}");
+        let res = c
+            .post(gw.url("/orders"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), body, "request {i}");
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "20 sequential POSTs opened {n} upstream connections"
+    );
+    {
+        let seen = recorded.lock().unwrap();
+        assert_eq!(seen.len(), 20);
+        for (i, (head, body)) in seen.iter().enumerate() {
+            assert!(head.starts_with("post /orders http/1.1\r\n"), "{head}");
+            assert!(
+                head.contains(&format!("content-length: {}\r\n", body.len())),
+                "{head}"
+            );
+            assert!(
+                head.contains("content-type: application/json\r\n"),
+                "{head}"
+            );
+            assert_eq!(
+                body,
+                format!("{{\"order\":{i},\"items\":[\"soup\",\"bread\"]}}").as_bytes()
+            );
+        }
+    }
+    for size in [16 * 1024, 64 * 1024 + 7] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        let res = c
+            .put(gw.url("/blob"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.bytes().await.unwrap(), body, "{size} bytes");
+    }
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /expect HTTP/1.1\r\nhost: shop\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("no 100 Continue")
+            .unwrap();
+        assert!(k > 0, "closed before 100 Continue");
+        got.extend_from_slice(&chunk[..k]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"hello").await.unwrap();
+    got.clear();
+    while !got.ends_with(b"hello") {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(k > 0, "closed before the response");
+        got.extend_from_slice(&chunk[..k]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let seen = recorded.lock().unwrap();
+    let (head, body) = seen.last().unwrap();
+    assert!(head.starts_with("post /expect "), "{head}");
+    assert!(!head.contains("expect:"), "{head}");
+    assert_eq!(body, b"hello");
+}
