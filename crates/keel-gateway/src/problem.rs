@@ -24,6 +24,7 @@ pub(crate) mod types {
     pub(crate) const HEADERS_TOO_LARGE: &str =
         "https://keel.dev/problems/gateway/headers-too-large";
     pub(crate) const BAD_REQUEST: &str = "https://keel.dev/problems/gateway/bad-request";
+    pub(crate) const REQUEST_TIMEOUT: &str = "https://keel.dev/problems/gateway/request-timeout";
     pub(crate) const CORS_REJECTED: &str = "https://keel.dev/problems/gateway/cors-rejected";
     pub(crate) const INTERNAL: &str = "https://keel.dev/problems/gateway/internal";
 }

@@ -577,7 +577,38 @@ impl Proxy {
             SMALL_BODY
         };
         if declared.is_some_and(|l| l <= limit) {
-            let bytes = match Box::pin(body.collect()).await {
+            // Bounded as the upstream call would have been had the body streamed to it (the
+            // attempt's time limit and the request's deadline).
+            let read = Box::pin(body.collect());
+            let within = [
+                self.attempt_timeout(route),
+                ex.deadline.map(|d| d.remaining()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let collected = match within {
+                Some(t) => match tokio::time::timeout(t, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Box::new(
+                            GatewayProblem::new(
+                                StatusCode::REQUEST_TIMEOUT,
+                                types::REQUEST_TIMEOUT,
+                                format!(
+                                    "the request body did not arrive within {} ms",
+                                    t.as_millis()
+                                ),
+                            )
+                            .route(&route.id)
+                            .instance(&ex.path)
+                            .into_response(),
+                        ));
+                    }
+                },
+                None => read.await,
+            };
+            let bytes = match collected {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
                     return Err(Box::new(
@@ -609,14 +640,7 @@ impl Proxy {
         body: Body,
         avoid: &mut Vec<String>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let timeout = [
-            route.response_timeout.or(self.response_timeout),
-            route.breaker.as_ref().and_then(|b| b.time_limit),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|d| *d != Duration::MAX)
-        .min();
+        let timeout = self.attempt_timeout(route);
         self.fetch(
             &route.target,
             route.connect_timeout,
@@ -626,6 +650,20 @@ impl Proxy {
             avoid,
         )
         .await
+    }
+
+    /// The time limit of one attempt at `route`'s upstream: the route's (else the global)
+    /// response timeout and its breaker's time limit, whichever is smaller. (`fetch` also
+    /// bounds it by the request's deadline.)
+    fn attempt_timeout(&self, route: &Route) -> Option<Duration> {
+        [
+            route.response_timeout.or(self.response_timeout),
+            route.breaker.as_ref().and_then(|b| b.time_limit),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| *d != Duration::MAX)
+        .min()
     }
 
     /// One call to one instance of `target`, answered within `timeout` (and the request's

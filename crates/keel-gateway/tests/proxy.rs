@@ -245,6 +245,33 @@ gateway:
     assert_eq!(res.status(), 200);
     let p = problem(c.get(gw.url("/nowhere")).send().await.unwrap(), 404).await;
     assert!(p["type"].as_str().unwrap().ends_with("no-route"));
+
+    // A small body that stops arriving is held no longer than the upstream call would be.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /slow/1 HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !got.ends_with(b"}") {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("no answer to a stalled body")
+            .unwrap();
+        assert!(k > 0, "closed without an answer");
+        got.extend_from_slice(&chunk[..k]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("/request-timeout\""), "{text}");
+    assert!(text.contains("\"route\":\"slow\""), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
