@@ -260,7 +260,7 @@ enum Bench {
         /// The oha binary (`cargo install oha`).
         #[arg(long, default_value = "oha")]
         oha: PathBuf,
-        /// Send every request as a `POST` with a JSON body of this many bytes (0: `GET`).
+        /// Send every request as a `POST` with a JSON body of this many bytes, at least 10 (0: `GET`).
         #[arg(long, default_value_t = 0)]
         body_bytes: usize,
     },

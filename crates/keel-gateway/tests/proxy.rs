@@ -252,16 +252,7 @@ gateway:
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 2048];
-    while !got.ends_with(b"}") {
-        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("no answer to a stalled body")
-            .unwrap();
-        assert!(k > 0, "closed without an answer");
-        got.extend_from_slice(&chunk[..k]);
-    }
+    let got = read_until(&mut s, |b| b.ends_with(b"}")).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
@@ -1481,10 +1472,7 @@ async fn counting_upstream() -> (
 #[tokio::test]
 async fn upstream_connections_are_reused() {
     let (addr, accepted) = counting_upstream().await;
-    let gw = gateway(&format!(
-        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
-    ))
-    .await;
+    let gw = one_route_gateway(addr).await;
     let c = client();
     for i in 0..30 {
         let path = if i % 2 == 0 { "/fixed" } else { "/chunked" };
@@ -1720,10 +1708,7 @@ async fn scripted_upstream() -> (
 #[tokio::test]
 async fn every_response_framing_is_read_on_the_fast_path() {
     let (addr, accepted, _) = scripted_upstream().await;
-    let gw = gateway(&format!(
-        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
-    ))
-    .await;
+    let gw = one_route_gateway(addr).await;
     let c = client();
     let get = |path: &'static str| {
         let c = c.clone();
@@ -1882,10 +1867,7 @@ async fn recording_upstream() -> (
 #[tokio::test]
 async fn request_bodies_reach_plain_upstreams_whole() {
     let (addr, accepted, recorded) = recording_upstream().await;
-    let gw = gateway(&format!(
-        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
-    ))
-    .await;
+    let gw = one_route_gateway(addr).await;
     let c = client();
     for i in 0..20 {
         let body = format!("{{\"order\":{i},\"items\":[\"soup\",\"bread\"]}}");
@@ -1941,31 +1923,14 @@ async fn request_bodies_reach_plain_upstreams_whole() {
     )
     .await
     .unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("no 100 Continue")
-            .unwrap();
-        assert!(k > 0, "closed before 100 Continue");
-        got.extend_from_slice(&chunk[..k]);
-    }
+    let got = read_until(&mut s, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
     assert!(
         got.starts_with(b"HTTP/1.1 100 Continue\r\n"),
         "{}",
         String::from_utf8_lossy(&got)
     );
     s.write_all(b"hello").await.unwrap();
-    got.clear();
-    while !got.ends_with(b"hello") {
-        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("no response")
-            .unwrap();
-        assert!(k > 0, "closed before the response");
-        got.extend_from_slice(&chunk[..k]);
-    }
+    let got = read_until(&mut s, |b| b.ends_with(b"hello")).await;
     assert!(
         got.starts_with(b"HTTP/1.1 200 OK\r\n"),
         "{}",
@@ -1976,4 +1941,32 @@ async fn request_bodies_reach_plain_upstreams_whole() {
     assert!(head.starts_with("post /expect "), "{head}");
     assert!(!head.contains("expect:"), "{head}");
     assert_eq!(body, b"hello");
+}
+
+/// A gateway with one route sending everything to the plain HTTP upstream at `addr`.
+async fn one_route_gateway(addr: std::net::SocketAddr) -> Gw {
+    gateway(&format!(
+        "gateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await
+}
+
+/// Reads from a raw client connection until `done` holds for what arrived (at most 5 s per
+/// read; the connection closing first fails the test).
+async fn read_until(s: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !done(&got) {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no answer; so far: {}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(
+            k > 0,
+            "closed early; so far: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..k]);
+    }
+    got
 }
