@@ -174,16 +174,24 @@ impl TraceContext {
 
     /// Writes `traceparent` (and `tracestate`, when present) into `headers`.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_bytes(&self.traceparent_bytes()) {
-            headers.insert(TRACEPARENT_NAME, v);
+        for (name, value) in self.headers() {
+            headers.insert(name, value);
         }
-        if let Some(state) = self
+    }
+
+    /// The headers that carry this context to the next hop: `traceparent`, and `tracestate`
+    /// when there is one. (What [`write_headers`](Self::write_headers) inserts, for callers
+    /// that write a request head without a `HeaderMap`.)
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + use<> {
+        let parent = HeaderValue::from_bytes(&self.traceparent_bytes())
+            .ok()
+            .map(|v| (TRACEPARENT_NAME, v));
+        let state = self
             .tracestate
             .as_deref()
             .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            headers.insert(TRACESTATE_NAME, state);
-        }
+            .map(|v| (TRACESTATE_NAME, v));
+        parent.into_iter().chain(state)
     }
 }
 

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     body::Body,
     config::HttpClientSettings,
-    h1::{Conn, Framing, H1Error, Streamed, encode_request},
+    h1::{Conn, Framing, H1Error, Streamed},
 };
 
 /// A pooled client.
@@ -347,8 +347,8 @@ impl Http1Pool {
             .map_err(|_| connect_timed_out(timeout))?
     }
 
-    /// Sends `req` to `authority`: a request whose body is empty or in memory to a plain
-    /// upstream on the fast path (`h1.rs`), any other on a hyper connection.
+    /// Sends `req` to `authority` on a hyper connection (request bodies streamed, TLS,
+    /// upgrades; `Proxy::fetch` sends the rest on the fast path, [`send_fast`](Self::send_fast)).
     pub(crate) async fn send(
         &self,
         authority: &str,
@@ -356,41 +356,22 @@ impl Http1Pool {
         connect_timeout: Duration,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, PoolError> {
-        if !tls
-            && (matches!(req.body(), Body::Full(_)) || http_body::Body::is_end_stream(req.body()))
-            && req.method() != http::Method::CONNECT
-            && !req.headers().contains_key(http::header::UPGRADE)
-        {
-            return self.send_fast(authority, connect_timeout, req).await;
-        }
-        Box::pin(self.send_hyper(authority, tls, connect_timeout, req))
+        self.send_hyper(authority, tls, connect_timeout, req)
             .await
             .map(|res| res.map(Body::Incoming))
     }
 
-    /// The fast path: `req`'s body is empty or in memory and `authority` is a plain HTTP/1.1
-    /// upstream. Head and body go in one write, with the body's exact `Content-Length`; an
-    /// `Expect: 100-continue` is not passed on, as the body is sent at once.
-    async fn send_fast(
+    /// The fast path: `request` (head and body, written by `h1::RequestWriter`) to a plain
+    /// HTTP/1.1 upstream in one write. `idempotent`: the request may be sent again on another
+    /// connection when a reused one turns out closed. `head_request`: its response has no body.
+    pub(crate) async fn send_fast(
         &self,
         authority: &str,
         connect_timeout: Duration,
-        req: http::Request<Body>,
+        request: bytes::BytesMut,
+        idempotent: bool,
+        head_request: bool,
     ) -> Result<http::Response<Body>, PoolError> {
-        let (mut parts, body) = req.into_parts();
-        let body = match body {
-            Body::Full(Some(b)) => b,
-            _ => bytes::Bytes::new(),
-        };
-        if !body.is_empty() {
-            parts
-                .headers
-                .insert(http::header::CONTENT_LENGTH, body.len().into());
-            parts.headers.remove(http::header::EXPECT);
-        }
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = encode_request(&parts.method, path, &parts.headers, authority, &body);
-        let head_request = parts.method == http::Method::HEAD;
         loop {
             let (mut conn, reused) = match self.checkout_raw(authority) {
                 Some(c) => (c, true),
@@ -404,7 +385,7 @@ impl Http1Pool {
                 // A reused connection the upstream had closed, for a request that may be
                 // repeated: again on another one — the next idle one, or a new connection,
                 // after which a failure is final (hyper's pool retries the same way).
-                Err(H1Error::NoResponse(_)) if reused && parts.method.is_idempotent() => continue,
+                Err(H1Error::NoResponse(_)) if reused && idempotent => continue,
                 Err(H1Error::NoResponse(e) | H1Error::Failed(e)) => {
                     return Err(PoolError::Failed(e));
                 }

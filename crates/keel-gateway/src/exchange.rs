@@ -171,7 +171,7 @@ impl Exchange {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn value(s: &'static str) -> HeaderValue {
@@ -203,7 +203,8 @@ mod tests {
         );
     }
 
-    fn exchange(uri: &'static str) -> Exchange {
+    /// A `GET` of `uri` from 127.0.0.1 with no headers.
+    pub(crate) fn exchange(uri: &'static str) -> Exchange {
         let uri = http::Uri::from_static(uri);
         Exchange {
             method: Method::GET,

@@ -147,42 +147,42 @@ impl Conn {
     }
 }
 
-/// The request for `method path` with `headers` (`Host` from `authority` when the headers
-/// have none) and `body` (its `Content-Length` is the caller's) in one buffer.
-pub(crate) fn encode_request(
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    authority: &str,
-    body: &[u8],
-) -> BytesMut {
-    let mut len = method.as_str().len() + path_and_query.len() + 16 + body.len();
-    for (n, v) in headers {
-        len += n.as_str().len() + v.len() + 4;
+/// A request head written into one buffer, with its body after it: for one write.
+pub(crate) struct RequestWriter(BytesMut);
+
+impl RequestWriter {
+    /// The request line of `method target` (`/` when `target` is empty), with room for about
+    /// `headers` header fields.
+    pub(crate) fn new(method: &Method, target: &str, headers: usize) -> Self {
+        let mut b = BytesMut::with_capacity(256 + target.len() + 64 * headers);
+        b.put_slice(method.as_str().as_bytes());
+        b.put_u8(b' ');
+        b.put_slice(if target.is_empty() {
+            b"/"
+        } else {
+            target.as_bytes()
+        });
+        b.put_slice(b" HTTP/1.1\r\n");
+        Self(b)
     }
-    let mut b = BytesMut::with_capacity(len + authority.len() + 8);
-    b.put_slice(method.as_str().as_bytes());
-    b.put_u8(b' ');
-    b.put_slice(if path_and_query.is_empty() {
-        b"/"
-    } else {
-        path_and_query.as_bytes()
-    });
-    b.put_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        b.put_slice(b"host: ");
-        b.put_slice(authority.as_bytes());
-        b.put_slice(b"\r\n");
-    }
-    for (n, v) in headers {
-        b.put_slice(n.as_str().as_bytes());
+
+    /// Adds a header field.
+    pub(crate) fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let b = &mut self.0;
+        b.reserve(name.as_str().len() + value.len() + 4);
+        b.put_slice(name.as_str().as_bytes());
         b.put_slice(b": ");
-        b.put_slice(v.as_bytes());
+        b.put_slice(value.as_bytes());
         b.put_slice(b"\r\n");
     }
-    b.put_slice(b"\r\n");
-    b.put_slice(body);
-    b
+
+    /// Ends the head and adds `body` (whose `Content-Length` the caller wrote).
+    pub(crate) fn finish(mut self, body: &[u8]) -> BytesMut {
+        self.0.reserve(2 + body.len());
+        self.0.put_slice(b"\r\n");
+        self.0.put_slice(body);
+        self.0
+    }
 }
 
 /// A parsed response head.
@@ -649,22 +649,29 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_encoded_with_host_and_body() {
-        let mut h = HeaderMap::new();
-        h.insert("x-a", HeaderValue::from_static("1"));
-        let b = encode_request(&Method::GET, "/p?q=1", &h, "up:80", b"");
+    fn requests_are_written_head_then_body() {
+        let mut w = RequestWriter::new(&Method::GET, "/p?q=1", 1);
+        w.header(&header::HOST, &HeaderValue::from_static("up:80"));
+        w.header(
+            &HeaderName::from_static("x-a"),
+            &HeaderValue::from_static("1"),
+        );
         assert_eq!(
-            &b[..],
+            &w.finish(b"")[..],
             b"GET /p?q=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n\r\n"
         );
-        h.insert(header::HOST, HeaderValue::from_static("h"));
-        let b = encode_request(&Method::DELETE, "", &h, "up:80", b"");
-        assert_eq!(&b[..], b"DELETE / HTTP/1.1\r\nx-a: 1\r\nhost: h\r\n\r\n");
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
-        let b = encode_request(&Method::POST, "/o", &h, "up:80", b"{\"a\":1}");
-        assert_eq!(
-            &b[..],
-            b"POST /o HTTP/1.1\r\nx-a: 1\r\nhost: h\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        let w = RequestWriter::new(&Method::DELETE, "", 0);
+        assert_eq!(&w.finish(b"")[..], b"DELETE / HTTP/1.1\r\n\r\n");
+        // More headers than the room asked for, and a body.
+        let mut w = RequestWriter::new(&Method::POST, "/o", 0);
+        let long = HeaderValue::from_str(&"v".repeat(600)).unwrap();
+        w.header(&HeaderName::from_static("x-long"), &long);
+        w.header(&header::CONTENT_LENGTH, &HeaderValue::from_static("7"));
+        let b = w.finish(b"{\"a\":1}");
+        let expected = format!(
+            "POST /o HTTP/1.1\r\nx-long: {}\r\ncontent-length: 7\r\n\r\n{{\"a\":1}}",
+            "v".repeat(600)
         );
+        assert_eq!(&b[..], expected.as_bytes());
     }
 }

@@ -11,6 +11,7 @@ mod cors;
 pub mod error;
 mod exchange;
 mod filter;
+mod forward;
 mod h1;
 mod idle;
 mod limit;

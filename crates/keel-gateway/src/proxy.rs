@@ -13,11 +13,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{self, Entry},
-};
+use futures::future::{BoxFuture, Either};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use keel_chassis::TraceContext;
@@ -31,16 +28,11 @@ use crate::{
     config::ForwardedSettings,
     cors,
     exchange::{Exchange, Peer, header_value},
+    forward,
+    h1::RequestWriter,
     problem::{GatewayProblem, types},
     route::{Matched, Route, RouteTable, Target},
 };
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Bodies up to this size are buffered so a retry can send them again.
 const REPLAY_LIMIT: u64 = 1 << 20;
@@ -174,60 +166,6 @@ pub(crate) struct Handled {
     pub(crate) trace: TraceContext,
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Removes hop-by-hop headers (and those the `Connection` header lists). `Upgrade` is kept
-/// for WebSocket handshakes. One pass over the names finds what to remove, so the common
-/// case — none present — costs no lookups.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for (name, value) in h.iter() {
-        if *name == header::CONNECTION {
-            // `close` is an option, not a header; `keep-alive` is in HOP_BY_HOP anyway (found
-            // by the pass over the names), so neither is parsed as a header name.
-            let listed = value
-                .to_str()
-                .into_iter()
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|n| {
-                    !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
-                })
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .filter(|n| !(upgrade && *n == header::UPGRADE));
-            doomed.extend(listed);
-        }
-        if HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE) {
-            doomed.push(name.clone());
-        }
-    }
-    for n in doomed {
-        h.remove(n);
-    }
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
 impl Proxy {
     /// Handles one request from `client`.
     pub(crate) async fn handle(
@@ -237,7 +175,7 @@ impl Proxy {
         client: SocketAddr,
         secure: bool,
     ) -> Handled {
-        let upgrade = is_upgrade(req.headers());
+        let upgrade = forward::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -281,7 +219,7 @@ impl Proxy {
         )
         .await;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            strip_hop_by_hop(response.headers_mut(), false);
+            forward::strip_hop_by_hop(response.headers_mut(), false);
         }
         Handled {
             response,
@@ -667,7 +605,9 @@ impl Proxy {
     }
 
     /// One call to one instance of `target`, answered within `timeout` (and the request's
-    /// deadline).
+    /// deadline). A request whose body is empty or in memory, to a plain HTTP/1.1 upstream,
+    /// takes the fast path (`h1.rs`): its head is written straight from `ex`. Any other goes
+    /// through hyper's client, in a future of its own, so the common case's stays small.
     pub(crate) async fn fetch(
         &self,
         target: &Target,
@@ -701,30 +641,66 @@ impl Proxy {
             }
             _ => return Err(UpstreamError::Other("not an upstream route".into())),
         };
-        let req = self.upstream_request(ex, &authority, host, body)?;
+        let host = match (&ex.host, ex.preserve_host) {
+            (Some(h), true) => h.clone(),
+            _ => host.unwrap_or_else(|| header_value(authority.as_str())),
+        };
+        let target = ex
+            .upstream_path_and_query()
+            .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?;
         let timeout = [timeout, ex.deadline.map(|d| d.remaining())]
             .into_iter()
             .flatten()
             .min();
-        let call = async {
-            if h2c {
-                let client = self.clients.get(connect_timeout, true);
-                client
-                    .request(req)
-                    .await
-                    .map(|res| res.map(Body::Incoming))
-                    .map_err(|e| classify(&e))
-            } else {
-                let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
+        let upgrade = forward::is_upgrade(&ex.headers);
+        let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
+        let fast = !h2c
+            && !tls
+            && !upgrade
+            && ex.method != Method::CONNECT
+            && (matches!(body, Body::Full(_)) || http_body::Body::is_end_stream(&body));
+        let call = if fast {
+            let body = match body {
+                Body::Full(Some(b)) => b,
+                _ => Bytes::new(),
+            };
+            let length = (!body.is_empty()).then_some(body.len());
+            let mut head = RequestWriter::new(&ex.method, target.as_str(), ex.headers.len());
+            forward::upstream_headers(&self.forwarded, ex, &host, false, length, |n, v| {
+                head.header(n, v);
+            });
+            let request = head.finish(&body);
+            let idempotent = ex.method.is_idempotent();
+            let head_request = ex.method == Method::HEAD;
+            Either::Left(async move {
                 self.pool
-                    .send(authority.as_str(), tls, connect, req)
+                    .send_fast(
+                        authority.as_str(),
+                        connect,
+                        request,
+                        idempotent,
+                        head_request,
+                    )
                     .await
-                    .map_err(|e| match e {
-                        PoolError::Connect(m) => UpstreamError::Connect(m),
-                        PoolError::Send(e) => UpstreamError::Other(root_cause(&e)),
-                        PoolError::Failed(m) => UpstreamError::Other(m),
-                    })
-            }
+                    .map_err(pool_error)
+            })
+        } else {
+            let req = self.upstream_request(ex, &authority, target, host, upgrade, body)?;
+            Either::Right(Box::pin(async move {
+                if h2c {
+                    let client = self.clients.get(connect_timeout, true);
+                    client
+                        .request(req)
+                        .await
+                        .map(|res| res.map(Body::Incoming))
+                        .map_err(|e| classify(&e))
+                } else {
+                    self.pool
+                        .send(authority.as_str(), tls, connect, req)
+                        .await
+                        .map_err(pool_error)
+                }
+            }))
         };
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, call).await {
@@ -747,66 +723,40 @@ impl Proxy {
         result
     }
 
-    /// The request as sent upstream: the filtered path and headers, hop-by-hop headers
-    /// removed, `X-Forwarded-*`/`Forwarded`, trace context and the remaining deadline.
+    /// The request for hyper's client: `target` on `authority`, with the headers
+    /// [`forward::upstream_headers`] gives.
     fn upstream_request(
         &self,
         ex: &Exchange,
         authority: &http::uri::Authority,
-        authority_host: Option<HeaderValue>,
+        target: http::uri::PathAndQuery,
+        host: HeaderValue,
+        upgrade: bool,
         body: Body,
     ) -> Result<Request<Body>, UpstreamError> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(
-            ex.upstream_path_and_query()
-                .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?,
-        );
+        parts.path_and_query = Some(target);
         let uri = Uri::from_parts(parts)
             .map_err(|e| UpstreamError::Other(format!("invalid upstream URI: {e}")))?;
-        let mut headers = ex.headers.clone();
-        // Room for the headers added below, so the copy grows once rather than per header.
-        headers.reserve(8);
-        let upgrade = is_upgrade(&headers);
-        strip_hop_by_hop(&mut headers, upgrade);
-        let host = match (&ex.host, ex.preserve_host) {
-            (Some(h), true) => h.clone(),
-            _ => authority_host.unwrap_or_else(|| header_value(authority.as_str())),
-        };
-        headers.insert(header::HOST, host);
-        let by_host = (self.forwarded.x_forwarded || self.forwarded.forwarded)
-            .then(|| ex.peer.host_values(ex.host.as_ref()));
-        if self.forwarded.x_forwarded {
-            let proto = if ex.secure { "https" } else { "http" };
-            append_list(&mut headers, &X_FORWARDED_FOR, ex.peer.ip.clone());
-            append_list(
-                &mut headers,
-                &X_FORWARDED_PROTO,
-                HeaderValue::from_static(proto),
-            );
-            if let (Some(h), Some(v)) = (&ex.host, &by_host) {
-                append_list(&mut headers, &X_FORWARDED_HOST, h.clone());
-                append_list(&mut headers, &X_FORWARDED_PORT, v.port.clone());
-            }
-            if let Some(prefix) = &ex.prefix {
-                headers.insert(X_FORWARDED_PREFIX, header_value(prefix));
-            }
-        }
-        if self.forwarded.forwarded
-            && let Some(v) = by_host
-        {
-            append_list(&mut headers, &FORWARDED, v.forwarded);
-        }
-        ex.trace.write_headers(&mut headers);
-        if let Some(d) = ex.deadline {
-            d.to_headers(&mut headers);
-        }
+        let mut headers = HeaderMap::with_capacity(ex.headers.len() + 8);
+        forward::upstream_headers(&self.forwarded, ex, &host, upgrade, None, |n, v| {
+            headers.append(n.clone(), v.clone());
+        });
         let mut req = Request::new(body);
         *req.method_mut() = ex.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         Ok(req)
+    }
+}
+
+fn pool_error(e: PoolError) -> UpstreamError {
+    match e {
+        PoolError::Connect(m) => UpstreamError::Connect(m),
+        PoolError::Send(e) => UpstreamError::Other(root_cause(&e)),
+        PoolError::Failed(m) => UpstreamError::Other(m),
     }
 }
 
@@ -839,28 +789,6 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         UpstreamError::Connect(msg)
     } else {
         UpstreamError::Other(msg)
-    }
-}
-
-/// Appends `value` to the comma-separated list in `name` (one lookup of the name).
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    match headers.entry(name) {
-        Entry::Occupied(mut o) => {
-            let joined = match (o.get().to_str(), value.to_str()) {
-                (Ok(existing), Ok(new)) if !existing.is_empty() => {
-                    let mut v = String::with_capacity(existing.len() + 2 + new.len());
-                    v.push_str(existing);
-                    v.push_str(", ");
-                    v.push_str(new);
-                    header_value(&v)
-                }
-                _ => value,
-            };
-            o.insert(joined);
-        }
-        Entry::Vacant(v) => {
-            v.insert(value);
-        }
     }
 }
 
@@ -897,56 +825,5 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let mut u = hyper_util::rt::TokioIo::new(u);
     if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
         tracing::debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The headers left after stripping hop-by-hop ones from `pairs`.
-    fn stripped(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h, false);
-        h
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go() {
-        let h = stripped(&[
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("x-kept", "1"),
-        ]);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn listed_keep_alive_and_close_go_with_the_rest() {
-        let h = stripped(&[
-            ("connection", "Keep-Alive, CLOSE, X-Hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-hop", "1"),
-            ("close-enough", "kept"),
-        ]);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("close-enough"));
-    }
-
-    #[test]
-    fn upgrade_keeps_upgrade() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert_eq!(h[header::CONNECTION], "upgrade");
     }
 }

@@ -157,11 +157,18 @@ impl Deadline {
 
     /// Write `keel-deadline-ms` with the time left as of `now`.
     pub fn to_headers_at(self, headers: &mut HeaderMap, now: Instant) {
+        let (name, value) = self.header_at(now);
+        headers.insert(name, value);
+    }
+
+    /// The `keel-deadline-ms` header with the time left as of `now` (what
+    /// [`to_headers_at`](Self::to_headers_at) inserts).
+    pub fn header_at(self, now: Instant) -> (HeaderName, HeaderValue) {
         let millis = self.remaining_at(now).as_millis();
-        headers.insert(
+        (
             DEADLINE_NAME,
             HeaderValue::from(millis.min(u128::from(u64::MAX)) as u64),
-        );
+        )
     }
 
     // ---- messages ---------------------------------------------------------------------------
