@@ -13,7 +13,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures::future::{BoxFuture, Either};
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Either},
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -167,14 +170,16 @@ pub(crate) struct Handled {
 }
 
 impl Proxy {
-    /// Handles one request from `client`.
-    pub(crate) async fn handle(
-        &self,
+    /// Handles one request from `client`. The exchange is made before the returned future
+    /// first runs, so that future holds little more than the routed request's (one boxed
+    /// future per request, of [`route`](Self::route)).
+    pub(crate) fn handle(
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: &Arc<Peer>,
         client: SocketAddr,
         secure: bool,
-    ) -> Handled {
+    ) -> impl Future<Output = Handled> + Send + use<> {
         let upgrade = forward::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -213,105 +218,96 @@ impl Proxy {
             forwards: 0,
         };
         let trace = ex.trace.clone();
-        let (mut response, route) = keel_chassis::trace_context::scope(
-            trace.clone(),
-            self.dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade),
+        let routed = self.dispatch(ex, Some(Body::Incoming(body)), 0, client_upgrade);
+        keel_chassis::trace_context::scope(trace.clone(), routed).map(
+            move |(mut response, route)| {
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    forward::strip_hop_by_hop(response.headers_mut(), false);
+                }
+                Handled {
+                    response,
+                    route,
+                    trace,
+                }
+            },
         )
-        .await;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            forward::strip_hop_by_hop(response.headers_mut(), false);
-        }
-        Handled {
-            response,
-            route,
-            trace,
-        }
     }
 
-    /// Routes `ex` and answers it. `depth` counts internal forwards.
-    fn dispatch<'a>(
-        &'a self,
+    /// Routes `ex` and answers it (boxed: internal forwards recurse). `depth` counts them.
+    fn dispatch(
+        self: &Arc<Self>,
         ex: Exchange,
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> BoxFuture<'a, (Response<Body>, Option<Arc<str>>)> {
-        Box::pin(async move {
-            if depth > MAX_FORWARDS {
-                let res = GatewayProblem::new(
-                    StatusCode::LOOP_DETECTED,
-                    types::INTERNAL,
-                    format!("more than {MAX_FORWARDS} internal forwards"),
-                )
-                .instance(&ex.path)
-                .into_response();
-                return (res, None);
-            }
-            let table = self.table.load();
-            let cross_origin = depth == 0 && cors::is_cross_origin(&ex.headers, ex.secure);
-            let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
-            let found = table
-                .find(
-                    &ex.method,
-                    &ex.path,
-                    ex.query.as_deref(),
-                    &ex.headers,
-                    ex.client.ip(),
-                    preflight,
-                )
-                .or_else(|| {
-                    let locator = table.locator.as_ref()?;
-                    let services = self.balancer.as_ref()?.catalog().services();
-                    locator.route_for(&ex.path, &services).map(|route| Matched {
-                        route,
-                        vars: Vec::new(),
-                    })
-                });
-            let cors_config = if cross_origin {
-                found
-                    .as_ref()
-                    .and_then(|m| m.route.cors.clone())
-                    .or_else(|| table.cors.find(&ex.path).cloned())
-            } else {
-                None
-            };
-            let route_id = found.as_ref().map(|m| m.route.id.clone());
-            if let Some(c) = &cors_config {
-                if preflight {
-                    return (
-                        cors::preflight(c, &ex.headers, route_id.as_deref(), &ex.path),
-                        route_id,
-                    );
-                }
-                if let Err(res) = cors::check_actual(c, &ex.headers, route_id.as_deref(), &ex.path)
-                {
-                    return (*res, route_id);
-                }
-            }
-            let origin = ex.headers.get(header::ORIGIN).cloned();
-            drop(table);
-            let (mut res, id) = self
-                .route_matched(ex, found, body, depth, client_upgrade)
-                .await;
-            if let (Some(c), Some(origin)) = (&cors_config, &origin) {
-                cors::decorate(c, origin, &mut res);
-            }
-            (res, id)
-        })
+    ) -> BoxFuture<'static, (Response<Body>, Option<Arc<str>>)> {
+        Box::pin(Arc::clone(self).route(ex, body, depth, client_upgrade))
     }
 
-    /// Answers `ex` with the route found for it (or 404).
-    async fn route_matched(
-        &self,
+    /// Finds `ex`'s route (or answers 404, or a CORS preflight), applies its JWT, rate
+    /// limit and request filters, answers from its target and applies its response filters.
+    /// One async fn, so the exchange is held once, not moved from one future into the next.
+    async fn route(
+        self: Arc<Self>,
         mut ex: Exchange,
-        found: Option<Matched>,
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> (Response<Body>, Option<Arc<str>>) {
-        {
+        if depth > MAX_FORWARDS {
+            let res = GatewayProblem::new(
+                StatusCode::LOOP_DETECTED,
+                types::INTERNAL,
+                format!("more than {MAX_FORWARDS} internal forwards"),
+            )
+            .instance(&ex.path)
+            .into_response();
+            return (res, None);
+        }
+        let table = self.table.load();
+        let cross_origin = depth == 0 && cors::is_cross_origin(&ex.headers, ex.secure);
+        let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
+        let found = table
+            .find(
+                &ex.method,
+                &ex.path,
+                ex.query.as_deref(),
+                &ex.headers,
+                ex.client.ip(),
+                preflight,
+            )
+            .or_else(|| {
+                let locator = table.locator.as_ref()?;
+                let services = self.balancer.as_ref()?.catalog().services();
+                locator.route_for(&ex.path, &services).map(|route| Matched {
+                    route,
+                    vars: Vec::new(),
+                })
+            });
+        let cors_config = if cross_origin {
+            found
+                .as_ref()
+                .and_then(|m| m.route.cors.clone())
+                .or_else(|| table.cors.find(&ex.path).cloned())
+        } else {
+            None
+        };
+        drop(table);
+        let id = found.as_ref().map(|m| m.route.id.clone());
+        if let Some(c) = &cors_config {
+            if preflight {
+                return (cors::preflight(c, &ex.headers, id.as_deref(), &ex.path), id);
+            }
+            if let Err(res) = cors::check_actual(c, &ex.headers, id.as_deref(), &ex.path) {
+                return (*res, id);
+            }
+        }
+        let origin = cors_config
+            .as_ref()
+            .and_then(|_| ex.headers.get(header::ORIGIN).cloned());
+        let mut res = 'answer: {
             let Some(m) = found else {
-                let res = GatewayProblem::new(
+                break 'answer GatewayProblem::new(
                     StatusCode::NOT_FOUND,
                     types::NO_ROUTE,
                     format!("no route matches {} {}", ex.method, ex.path),
@@ -319,27 +315,25 @@ impl Proxy {
                 .instance(&ex.path)
                 .trace(ex.trace.trace_id_hex())
                 .into_response();
-                return (res, None);
             };
             let route = m.route;
             ex.vars = m.vars;
             ex.forwards = depth;
-            let id = route.id.clone();
             if let Some(j) = &route.jwt
                 && let Err(res) = Box::pin(j.apply(&mut ex, &route.id)).await
             {
-                return (*res, Some(id));
+                break 'answer *res;
             }
             let limited = match &route.rate_limit {
                 Some(l) => match Box::pin(l.apply(&ex, &route.id)).await {
                     Ok(d) => Some(d),
-                    Err(res) => return (*res, Some(id)),
+                    Err(res) => break 'answer *res,
                 },
                 None => None,
             };
             for f in &route.request_filters {
                 if let Some(res) = f.on_request(&mut ex, &route.id) {
-                    return (res, Some(id));
+                    break 'answer res;
                 }
             }
             let mut res = match &route.target {
@@ -362,13 +356,17 @@ impl Proxy {
             if let Some(d) = &limited {
                 crate::limit::add_headers(d, &mut res);
             }
-            (res, Some(id))
+            res
+        };
+        if let (Some(c), Some(origin)) = (&cors_config, &origin) {
+            cors::decorate(c, origin, &mut res);
         }
+        (res, id)
     }
 
     /// Calls the route's upstream with its retry and breaker policies.
     async fn upstream(
-        &self,
+        self: &Arc<Self>,
         route: &Route,
         ex: &Exchange,
         body: Option<Body>,
@@ -397,7 +395,16 @@ impl Proxy {
                     "the request body was already sent".into(),
                 ));
             };
-            let r = self.attempt(route, ex, attempt_body, &mut avoid).await;
+            let r = self
+                .fetch(
+                    &route.target,
+                    route.connect_timeout,
+                    self.attempt_timeout(route),
+                    ex,
+                    attempt_body,
+                    &mut avoid,
+                )
+                .await;
             if let (Some(p), Some(b)) = (permit, &route.breaker) {
                 let outcome = match &r {
                     Ok(res) if b.failure_statuses.contains(res.status().as_u16()) => {
@@ -568,26 +575,6 @@ impl Proxy {
             (b, _) => b,
         };
         Ok(RequestBody::Stream(Some(body)))
-    }
-
-    /// One call to one instance of the route's upstream.
-    async fn attempt(
-        &self,
-        route: &Route,
-        ex: &Exchange,
-        body: Body,
-        avoid: &mut Vec<String>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let timeout = self.attempt_timeout(route);
-        self.fetch(
-            &route.target,
-            route.connect_timeout,
-            timeout,
-            ex,
-            body,
-            avoid,
-        )
-        .await
     }
 
     /// The time limit of one attempt at `route`'s upstream: the route's (else the global)

@@ -11,6 +11,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Either},
+};
 use http::{Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -289,43 +293,54 @@ impl Gateway {
         )
     }
 
-    /// Serves one connection's request.
-    async fn serve_request(
-        self: Arc<Self>,
+    /// Serves one connection's request. What can be decided at once (admin paths, the head's
+    /// limits, the exchange and its route's future) is, before the returned future first runs,
+    /// so that future is small: hyper keeps it in the connection's slot, unboxed.
+    fn serve_request(
+        self: &Arc<Self>,
         req: Request<Incoming>,
-        peer: Arc<Peer>,
+        peer: &Arc<Peer>,
         client: SocketAddr,
         secure: bool,
-    ) -> Response<Body> {
+    ) -> Either<
+        BoxFuture<'static, Response<Body>>,
+        impl Future<Output = Response<Body>> + Send + use<>,
+    > {
         let path = req.uri().path();
         if self.admin_on_main && is_admin_path(path) {
-            return admin_call(self.admin.clone(), req).await;
+            return Either::Left(Box::pin(admin_call(self.admin.clone(), req)));
         }
         if let Some(res) = self.check_head(&req) {
-            return res;
+            return Either::Left(Box::pin(std::future::ready(res)));
         }
         let start = tokio::time::Instant::now();
         let method = req.method().clone();
         let path = self.proxy.access_log.then(|| req.uri().path().to_owned());
-        let out = self.proxy.handle(req, &peer, client, secure).await;
-        let status = out.response.status();
-        let route: Arc<str> = out.route.unwrap_or_else(|| Arc::from("unmatched"));
-        let elapsed = start.elapsed();
-        self.metrics.record(&route, &method, status, elapsed);
-        if let Some(path) = path {
-            tracing::info!(
-                target: "keel_gateway::access",
-                client = %client.ip(),
-                method = %method,
-                path = %path,
-                status = status.as_u16(),
-                route = %route,
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                trace_id = %out.trace.trace_id_hex(),
-                "request"
-            );
-        }
-        out.response
+        let gw = Arc::clone(self);
+        Either::Right(
+            self.proxy
+                .handle(req, peer, client, secure)
+                .map(move |out| {
+                    let status = out.response.status();
+                    let route: Arc<str> = out.route.unwrap_or_else(|| Arc::from("unmatched"));
+                    let elapsed = start.elapsed();
+                    gw.metrics.record(&route, &method, status, elapsed);
+                    if let Some(path) = path {
+                        tracing::info!(
+                            target: "keel_gateway::access",
+                            client = %client.ip(),
+                            method = %method,
+                            path = %path,
+                            status = status.as_u16(),
+                            route = %route,
+                            duration_ms = elapsed.as_secs_f64() * 1e3,
+                            trace_id = %out.trace.trace_id_hex(),
+                            "request"
+                        );
+                    }
+                    out.response
+                }),
+        )
     }
 }
 
@@ -638,12 +653,8 @@ impl Connection {
             let watch = watch.clone();
             service_fn(move |req| {
                 let busy = watch.begin();
-                let (gw, peer) = (gw.clone(), peer.clone());
-                // Boxed once here, so hyper moves a pointer, not the whole request state machine.
-                Box::pin(async move {
-                    let res = gw.serve_request(req, peer, client, secure).await;
-                    Ok::<_, Infallible>(res.map(|body| Tracked::new(body, busy)))
-                })
+                gw.serve_request(req, &peer, client, secure)
+                    .map(move |res| Ok::<_, Infallible>(res.map(|body| Tracked::new(body, busy))))
             })
         };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
