@@ -113,6 +113,9 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How long a client has to send a request head (slow-loris protection). Default 30 s.
     pub header_read_timeout: Duration,
+    /// How long a request body the gateway reads into memory (a small one, or one kept for a
+    /// retry) may take to arrive, when no shorter upstream time limit applies. Default 60 s.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -127,6 +130,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -735,6 +739,14 @@ fn server(tree: &Value, c: &mut GatewayConfig) -> Result<(), Problem> {
         "server.header_read_timeout",
     )? {
         c.server.header_read_timeout = v.max(Duration::from_millis(1));
+    }
+    if let Some(v) = opt(
+        s,
+        "body_read_timeout",
+        spec::duration,
+        "server.body_read_timeout",
+    )? {
+        c.server.body_read_timeout = v.max(Duration::from_millis(1));
     }
     // TLS: Keel's `server.tls` or Spring Boot's PEM `server.ssl`.
     let tls = lookup(s, "tls")

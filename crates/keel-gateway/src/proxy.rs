@@ -59,6 +59,8 @@ pub(crate) struct Proxy {
     pub(crate) response_timeout: Option<Duration>,
     /// Global request body limit.
     pub(crate) max_body: Option<u64>,
+    /// The longest a body read into memory may take (`server.body-read-timeout`).
+    pub(crate) body_read_timeout: Duration,
     pub(crate) access_log: bool,
 }
 
@@ -523,35 +525,30 @@ impl Proxy {
         };
         if declared.is_some_and(|l| l <= limit) {
             // Bounded as the upstream call would have been had the body streamed to it (the
-            // attempt's time limit and the request's deadline).
-            let read = Box::pin(body.collect());
+            // attempt's time limit and the request's deadline), and at most by
+            // `server.body-read-timeout`. (A body that came with its head is read on the first
+            // poll, before the timer would be registered.)
             let within = [
                 self.attempt_timeout(route),
                 ex.deadline.map(|d| d.remaining()),
             ]
             .into_iter()
             .flatten()
-            .min();
-            let collected = match within {
-                Some(t) => match tokio::time::timeout(t, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Box::new(
-                            GatewayProblem::new(
-                                StatusCode::REQUEST_TIMEOUT,
-                                types::REQUEST_TIMEOUT,
-                                format!(
-                                    "the request body did not arrive within {} ms",
-                                    t.as_millis()
-                                ),
-                            )
-                            .route(&route.id)
-                            .instance(&ex.path)
-                            .into_response(),
-                        ));
-                    }
-                },
-                None => read.await,
+            .fold(self.body_read_timeout, Duration::min);
+            let Ok(collected) = tokio::time::timeout(within, body.collect()).await else {
+                return Err(Box::new(
+                    GatewayProblem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        types::REQUEST_TIMEOUT,
+                        format!(
+                            "the request body did not arrive within {} ms",
+                            within.as_millis()
+                        ),
+                    )
+                    .route(&route.id)
+                    .instance(&ex.path)
+                    .into_response(),
+                ));
             };
             let bytes = match collected {
                 Ok(c) => c.to_bytes(),

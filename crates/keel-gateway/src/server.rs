@@ -179,6 +179,7 @@ impl Gateway {
             forwarded: config.forwarded,
             response_timeout: config.http_client.response_timeout,
             max_body: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
             access_log: config.access_log,
         });
         let health = Health::new();

@@ -1943,6 +1943,43 @@ async fn request_bodies_reach_plain_upstreams_whole() {
     assert_eq!(body, b"hello");
 }
 
+#[tokio::test]
+async fn a_small_body_that_stops_arriving_is_answered_408_after_the_body_read_timeout() {
+    // A route with no time limit of its own: `server.body-read-timeout` bounds the read.
+    let (addr, _accepted, recorded) = recording_upstream().await;
+    let gw = gateway(&format!(
+        "server:\n  body-read-timeout: 300ms\ngateway:\n  routes:\n    - {{id: up, uri: 'http://{addr}', predicates: ['Path=/**']}}\n"
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until(&mut s, |b| b.ends_with(b"}")).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("/request-timeout\""), "{text}");
+    assert!(text.contains("\"route\":\"up\""), "{text}");
+    assert!(text.contains("within 300 ms"), "{text}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(recorded.lock().unwrap().is_empty(), "nothing went upstream");
+    // A body that arrives, even in pieces, within the time goes through whole.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"defghij").await.unwrap();
+    let got = read_until(&mut s, |b| b.ends_with(b"abcdefghij")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
 /// A gateway with one route sending everything to the plain HTTP upstream at `addr`.
 async fn one_route_gateway(addr: std::net::SocketAddr) -> Gw {
     gateway(&format!(
