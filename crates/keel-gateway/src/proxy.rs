@@ -248,241 +248,251 @@ impl Proxy {
 
     /// Finds `ex`'s route (or answers 404, or a CORS preflight), applies its JWT, rate
     /// limit and request filters, answers from its target and applies its response filters.
-    /// One async fn, so the exchange is held once, not moved from one future into the next.
-    async fn route(
+    /// One future, so the exchange is held once, not moved from one future into the next.
+    // Not an async fn: one stores each argument twice (once as passed, once moved into the
+    // body's own variable); an async block keeps the captured value in place.
+    #[allow(clippy::manual_async_fn)]
+    fn route(
         self: Arc<Self>,
         mut ex: Exchange,
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> (Response<Body>, Option<Arc<str>>) {
-        if depth > MAX_FORWARDS {
-            let res = GatewayProblem::new(
-                StatusCode::LOOP_DETECTED,
-                types::INTERNAL,
-                format!("more than {MAX_FORWARDS} internal forwards"),
-            )
-            .instance(&ex.path)
-            .into_response();
-            return (res, None);
-        }
-        let table = self.table.load();
-        let cross_origin = depth == 0 && cors::is_cross_origin(&ex.headers, ex.secure);
-        let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
-        let found = table
-            .find(
-                &ex.method,
-                &ex.path,
-                ex.query.as_deref(),
-                &ex.headers,
-                ex.client.ip(),
-                preflight,
-            )
-            .or_else(|| {
-                let locator = table.locator.as_ref()?;
-                let services = self.balancer.as_ref()?.catalog().services();
-                locator.route_for(&ex.path, &services).map(|route| Matched {
-                    route,
-                    vars: Vec::new(),
-                })
-            });
-        let cors_config = if cross_origin {
-            found
-                .as_ref()
-                .and_then(|m| m.route.cors.clone())
-                .or_else(|| table.cors.find(&ex.path).cloned())
-        } else {
-            None
-        };
-        drop(table);
-        let id = found.as_ref().map(|m| m.route.id.clone());
-        if let Some(c) = &cors_config {
-            if preflight {
-                return (cors::preflight(c, &ex.headers, id.as_deref(), &ex.path), id);
-            }
-            if let Err(res) = cors::check_actual(c, &ex.headers, id.as_deref(), &ex.path) {
-                return (*res, id);
-            }
-        }
-        let origin = cors_config
-            .as_ref()
-            .and_then(|_| ex.headers.get(header::ORIGIN).cloned());
-        let mut res = 'answer: {
-            let Some(m) = found else {
-                break 'answer GatewayProblem::new(
-                    StatusCode::NOT_FOUND,
-                    types::NO_ROUTE,
-                    format!("no route matches {} {}", ex.method, ex.path),
+    ) -> impl Future<Output = (Response<Body>, Option<Arc<str>>)> + Send + use<> {
+        async move {
+            if depth > MAX_FORWARDS {
+                let res = GatewayProblem::new(
+                    StatusCode::LOOP_DETECTED,
+                    types::INTERNAL,
+                    format!("more than {MAX_FORWARDS} internal forwards"),
                 )
                 .instance(&ex.path)
-                .trace(ex.trace.trace_id_hex())
                 .into_response();
-            };
-            let route = m.route;
-            ex.vars = m.vars;
-            ex.forwards = depth;
-            if let Some(j) = &route.jwt
-                && let Err(res) = Box::pin(j.apply(&mut ex, &route.id)).await
-            {
-                break 'answer *res;
+                return (res, None);
             }
-            let limited = match &route.rate_limit {
-                Some(l) => match Box::pin(l.apply(&ex, &route.id)).await {
-                    Ok(d) => Some(d),
-                    Err(res) => break 'answer *res,
-                },
-                None => None,
+            let table = self.table.load();
+            let cross_origin = depth == 0 && cors::is_cross_origin(&ex.headers, ex.secure);
+            let preflight = cross_origin && cors::is_preflight(&ex.method, &ex.headers);
+            let found = table
+                .find(
+                    &ex.method,
+                    &ex.path,
+                    ex.query.as_deref(),
+                    &ex.headers,
+                    ex.client.ip(),
+                    preflight,
+                )
+                .or_else(|| {
+                    let locator = table.locator.as_ref()?;
+                    let services = self.balancer.as_ref()?.catalog().services();
+                    locator.route_for(&ex.path, &services).map(|route| Matched {
+                        route,
+                        vars: Vec::new(),
+                    })
+                });
+            let cors_config = if cross_origin {
+                found
+                    .as_ref()
+                    .and_then(|m| m.route.cors.clone())
+                    .or_else(|| table.cors.find(&ex.path).cloned())
+            } else {
+                None
             };
-            for f in &route.request_filters {
-                if let Some(res) = f.on_request(&mut ex, &route.id) {
-                    break 'answer res;
+            drop(table);
+            let id = found.as_ref().map(|m| m.route.id.clone());
+            if let Some(c) = &cors_config {
+                if preflight {
+                    return (cors::preflight(c, &ex.headers, id.as_deref(), &ex.path), id);
+                }
+                if let Err(res) = cors::check_actual(c, &ex.headers, id.as_deref(), &ex.path) {
+                    return (*res, id);
                 }
             }
-            let mut res = match &route.target {
-                Target::NoOp => Response::new(Body::Empty),
-                Target::Compose(c) => Box::pin(self.compose(&route.id, c, &ex)).await,
-                Target::Forward(path) => {
-                    ex.path = path.clone();
-                    self.dispatch(ex_clone(&ex), body, depth + 1, client_upgrade)
-                        .await
-                        .0
+            let origin = cors_config
+                .as_ref()
+                .and_then(|_| ex.headers.get(header::ORIGIN).cloned());
+            let mut res = 'answer: {
+                let Some(m) = found else {
+                    break 'answer GatewayProblem::new(
+                        StatusCode::NOT_FOUND,
+                        types::NO_ROUTE,
+                        format!("no route matches {} {}", ex.method, ex.path),
+                    )
+                    .instance(&ex.path)
+                    .trace(ex.trace.trace_id_hex())
+                    .into_response();
+                };
+                let route = m.route;
+                ex.vars = m.vars;
+                ex.forwards = depth;
+                if let Some(j) = &route.jwt
+                    && let Err(res) = Box::pin(j.apply(&mut ex, &route.id)).await
+                {
+                    break 'answer *res;
                 }
-                Target::Http { .. } | Target::Lb { .. } => {
-                    self.upstream(&route, &ex, body, depth, client_upgrade)
-                        .await
+                let limited = match &route.rate_limit {
+                    Some(l) => match Box::pin(l.apply(&ex, &route.id)).await {
+                        Ok(d) => Some(d),
+                        Err(res) => break 'answer *res,
+                    },
+                    None => None,
+                };
+                for f in &route.request_filters {
+                    if let Some(res) = f.on_request(&mut ex, &route.id) {
+                        break 'answer res;
+                    }
                 }
+                let mut res = match &route.target {
+                    Target::NoOp => Response::new(Body::Empty),
+                    Target::Compose(c) => Box::pin(self.compose(&route.id, c, &ex)).await,
+                    Target::Forward(path) => {
+                        ex.path = path.clone();
+                        self.dispatch(ex_clone(&ex), body, depth + 1, client_upgrade)
+                            .await
+                            .0
+                    }
+                    Target::Http { .. } | Target::Lb { .. } => {
+                        self.upstream(&route, &ex, body, depth, client_upgrade)
+                            .await
+                    }
+                };
+                for f in &route.response_filters {
+                    f.on_response(&ex, &mut res);
+                }
+                if let Some(d) = &limited {
+                    crate::limit::add_headers(d, &mut res);
+                }
+                res
             };
-            for f in &route.response_filters {
-                f.on_response(&ex, &mut res);
+            if let (Some(c), Some(origin)) = (&cors_config, &origin) {
+                cors::decorate(c, origin, &mut res);
             }
-            if let Some(d) = &limited {
-                crate::limit::add_headers(d, &mut res);
-            }
-            res
-        };
-        if let (Some(c), Some(origin)) = (&cors_config, &origin) {
-            cors::decorate(c, origin, &mut res);
+            (res, id)
         }
-        (res, id)
     }
 
     /// Calls the route's upstream with its retry and breaker policies.
-    async fn upstream(
+    // Not an async fn: one stores each argument twice (once as passed, once moved into the
+    // body's own variable); an async block keeps the captured value in place.
+    #[allow(clippy::manual_async_fn)]
+    fn upstream(
         self: &Arc<Self>,
         route: &Route,
         ex: &Exchange,
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Body> {
-        let tripped = Arc::new(AtomicBool::new(false));
-        let body = match self.prepare_body(route, ex, body, &tripped).await {
-            Ok(b) => b,
-            Err(res) => return *res,
-        };
-        let mut body = body;
-        let retry = route.retry.as_ref().filter(|r| r.allows(&ex.method));
-        let mut avoid: Vec<String> = Vec::new();
-        let mut retries = 0u32;
-        let result = loop {
-            let permit = match &route.breaker {
-                Some(b) => match b.breaker.try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => break Err(UpstreamError::CircuitOpen(breaker_name(b))),
-                },
-                None => None,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        async move {
+            let tripped = Arc::new(AtomicBool::new(false));
+            let body = match self.prepare_body(route, ex, body, &tripped).await {
+                Ok(b) => b,
+                Err(res) => return *res,
             };
-            let Some(attempt_body) = body.take() else {
-                break Err(UpstreamError::Other(
-                    "the request body was already sent".into(),
-                ));
-            };
-            let r = self
-                .fetch(
-                    &route.target,
-                    route.connect_timeout,
-                    self.attempt_timeout(route),
-                    ex,
-                    attempt_body,
-                    &mut avoid,
-                )
-                .await;
-            if let (Some(p), Some(b)) = (permit, &route.breaker) {
-                let outcome = match &r {
-                    Ok(res) if b.failure_statuses.contains(res.status().as_u16()) => {
-                        Outcome::Failure
-                    }
-                    Ok(_) => Outcome::Success,
-                    Err(UpstreamError::NoInstance(_) | UpstreamError::BodyTooLarge(_)) => {
-                        Outcome::Ignored
-                    }
-                    Err(_) => Outcome::Failure,
+            let mut body = body;
+            let retry = route.retry.as_ref().filter(|r| r.allows(&ex.method));
+            let mut avoid: Vec<String> = Vec::new();
+            let mut retries = 0u32;
+            let result = loop {
+                let permit = match &route.breaker {
+                    Some(b) => match b.breaker.try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => break Err(UpstreamError::CircuitOpen(breaker_name(b))),
+                    },
+                    None => None,
                 };
-                p.record(outcome);
-            }
-            let again = match (&r, retry) {
-                (_, None) => false,
-                (Ok(res), Some(p)) => p.statuses.contains(res.status().as_u16()),
-                (Err(e), Some(p)) => {
-                    p.on_errors
-                        && matches!(e, UpstreamError::Connect(_) | UpstreamError::Timeout(_))
+                let Some(attempt_body) = body.take() else {
+                    break Err(UpstreamError::Other(
+                        "the request body was already sent".into(),
+                    ));
+                };
+                let r = self
+                    .fetch(
+                        &route.target,
+                        route.connect_timeout,
+                        self.attempt_timeout(route),
+                        ex,
+                        attempt_body,
+                        &mut avoid,
+                    )
+                    .await;
+                if let (Some(p), Some(b)) = (permit, &route.breaker) {
+                    let outcome = match &r {
+                        Ok(res) if b.failure_statuses.contains(res.status().as_u16()) => {
+                            Outcome::Failure
+                        }
+                        Ok(_) => Outcome::Success,
+                        Err(UpstreamError::NoInstance(_) | UpstreamError::BodyTooLarge(_)) => {
+                            Outcome::Ignored
+                        }
+                        Err(_) => Outcome::Failure,
+                    };
+                    p.record(outcome);
                 }
-            };
-            // A request that never reached an lb:// instance goes to another one once, even
-            // without a Retry filter, when its body can be sent again.
-            let lb_failover = retry.is_none()
-                && retries == 0
-                && matches!(route.target, Target::Lb { .. })
-                && matches!(&r, Err(e) if e.not_sent());
-            let limit = retry.map_or(1, |p| p.retries);
-            if (again || lb_failover) && retries < limit && body.replayable() {
-                retries += 1;
-                let wait = retry.map_or(Duration::ZERO, |p| p.backoff(retries));
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-                continue;
-            }
-            break r;
-        };
-        if tripped.load(Ordering::Acquire) {
-            let limit = ex.max_body.unwrap_or(0);
-            return UpstreamError::BodyTooLarge(limit).into_problem(&route.id, &ex.path);
-        }
-        let failed = match (&result, &route.breaker) {
-            (Err(_), Some(b)) => b.fallback.is_some(),
-            (Ok(res), Some(b)) => {
-                b.fallback.is_some() && b.failure_statuses.contains(res.status().as_u16())
-            }
-            _ => false,
-        };
-        if failed && let Some(path) = route.breaker.as_ref().and_then(|b| b.fallback.clone()) {
-            let cause = match &result {
-                Err(e) => e.cause(),
-                Ok(_) => "status",
-            };
-            let mut fx = ex_clone(ex);
-            fx.path = path;
-            fx.method = Method::GET;
-            fx.query = None;
-            fx.headers
-                .insert("x-keel-fallback-cause", HeaderValue::from_static(cause));
-            fx.headers
-                .insert("x-keel-fallback-route", header_value(&route.id));
-            return self.dispatch(fx, None, depth + 1, None).await.0;
-        }
-        match result {
-            Ok(mut res) => {
-                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
-                        let upstream_up = hyper::upgrade::on(&mut res);
-                        tokio::spawn(tunnel(client_up, upstream_up));
+                let again = match (&r, retry) {
+                    (_, None) => false,
+                    (Ok(res), Some(p)) => p.statuses.contains(res.status().as_u16()),
+                    (Err(e), Some(p)) => {
+                        p.on_errors
+                            && matches!(e, UpstreamError::Connect(_) | UpstreamError::Timeout(_))
                     }
-                    return res.map(|_| Body::Empty);
+                };
+                // A request that never reached an lb:// instance goes to another one once, even
+                // without a Retry filter, when its body can be sent again.
+                let lb_failover = retry.is_none()
+                    && retries == 0
+                    && matches!(route.target, Target::Lb { .. })
+                    && matches!(&r, Err(e) if e.not_sent());
+                let limit = retry.map_or(1, |p| p.retries);
+                if (again || lb_failover) && retries < limit && body.replayable() {
+                    retries += 1;
+                    let wait = retry.map_or(Duration::ZERO, |p| p.backoff(retries));
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    continue;
                 }
-                res
+                break r;
+            };
+            if tripped.load(Ordering::Acquire) {
+                let limit = ex.max_body.unwrap_or(0);
+                return UpstreamError::BodyTooLarge(limit).into_problem(&route.id, &ex.path);
             }
-            Err(e) => e.into_problem(&route.id, &ex.path),
+            let failed = match (&result, &route.breaker) {
+                (Err(_), Some(b)) => b.fallback.is_some(),
+                (Ok(res), Some(b)) => {
+                    b.fallback.is_some() && b.failure_statuses.contains(res.status().as_u16())
+                }
+                _ => false,
+            };
+            if failed && let Some(path) = route.breaker.as_ref().and_then(|b| b.fallback.clone()) {
+                let cause = match &result {
+                    Err(e) => e.cause(),
+                    Ok(_) => "status",
+                };
+                let mut fx = ex_clone(ex);
+                fx.path = path;
+                fx.method = Method::GET;
+                fx.query = None;
+                fx.headers
+                    .insert("x-keel-fallback-cause", HeaderValue::from_static(cause));
+                fx.headers
+                    .insert("x-keel-fallback-route", header_value(&route.id));
+                return self.dispatch(fx, None, depth + 1, None).await.0;
+            }
+            match result {
+                Ok(mut res) => {
+                    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_up) = client_upgrade {
+                            let upstream_up = hyper::upgrade::on(&mut res);
+                            tokio::spawn(tunnel(client_up, upstream_up));
+                        }
+                        return res.map(|_| Body::Empty);
+                    }
+                    res
+                }
+                Err(e) => e.into_problem(&route.id, &ex.path),
+            }
         }
     }
 
@@ -592,7 +602,10 @@ impl Proxy {
     /// deadline). A request whose body is empty or in memory, to a plain HTTP/1.1 upstream,
     /// takes the fast path (`h1.rs`): its head is written straight from `ex`. Any other goes
     /// through hyper's client, in a future of its own, so the common case's stays small.
-    pub(crate) async fn fetch(
+    // Not an async fn: one stores each argument twice (once as passed, once moved into the
+    // body's own variable); an async block keeps the captured value in place.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn fetch(
         &self,
         target: &Target,
         connect_timeout: Option<Duration>,
@@ -600,111 +613,113 @@ impl Proxy {
         ex: &Exchange,
         body: Body,
         avoid: &mut Vec<String>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let (authority, h2c, tls, host, pick) = match target {
-            Target::Http {
-                authority,
-                h2c,
-                tls,
-                host,
-            } => (authority.clone(), *h2c, *tls, Some(host.clone()), None),
-            Target::Lb { service } => {
-                let balancer = self
-                    .balancer
-                    .as_ref()
-                    .ok_or_else(|| UpstreamError::NoInstance(service.clone()))?;
-                let pick = balancer
-                    .pick(service, avoid)
-                    .map_err(|e| UpstreamError::NoInstance(e.service))?;
-                let tls = pick.instance.secure;
-                let authority: http::uri::Authority =
-                    pick.instance.authority().parse().map_err(|e| {
-                        UpstreamError::Other(format!("invalid upstream authority: {e}"))
-                    })?;
-                (authority, false, tls, None, Some(pick))
-            }
-            _ => return Err(UpstreamError::Other("not an upstream route".into())),
-        };
-        let host = match (&ex.host, ex.preserve_host) {
-            (Some(h), true) => h.clone(),
-            _ => host.unwrap_or_else(|| header_value(authority.as_str())),
-        };
-        let target = ex
-            .upstream_path_and_query()
-            .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?;
-        let timeout = [timeout, ex.deadline.map(|d| d.remaining())]
-            .into_iter()
-            .flatten()
-            .min();
-        let upgrade = forward::is_upgrade(&ex.headers);
-        let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
-        let fast = !h2c
-            && !tls
-            && !upgrade
-            && ex.method != Method::CONNECT
-            && (matches!(body, Body::Full(_)) || http_body::Body::is_end_stream(&body));
-        let call = if fast {
-            let body = match body {
-                Body::Full(Some(b)) => b,
-                _ => Bytes::new(),
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send {
+        async move {
+            let (authority, h2c, tls, host, pick) = match target {
+                Target::Http {
+                    authority,
+                    h2c,
+                    tls,
+                    host,
+                } => (authority.clone(), *h2c, *tls, Some(host.clone()), None),
+                Target::Lb { service } => {
+                    let balancer = self
+                        .balancer
+                        .as_ref()
+                        .ok_or_else(|| UpstreamError::NoInstance(service.clone()))?;
+                    let pick = balancer
+                        .pick(service, avoid)
+                        .map_err(|e| UpstreamError::NoInstance(e.service))?;
+                    let tls = pick.instance.secure;
+                    let authority: http::uri::Authority =
+                        pick.instance.authority().parse().map_err(|e| {
+                            UpstreamError::Other(format!("invalid upstream authority: {e}"))
+                        })?;
+                    (authority, false, tls, None, Some(pick))
+                }
+                _ => return Err(UpstreamError::Other("not an upstream route".into())),
             };
-            let length = (!body.is_empty()).then_some(body.len());
-            let mut head = RequestWriter::new(&ex.method, target.as_str(), ex.headers.len());
-            forward::upstream_headers(&self.forwarded, ex, &host, false, length, |n, v| {
-                head.header(n, v);
-            });
-            let request = head.finish(&body);
-            let idempotent = ex.method.is_idempotent();
-            let head_request = ex.method == Method::HEAD;
-            Either::Left(async move {
-                self.pool
-                    .send_fast(
-                        authority.as_str(),
-                        connect,
-                        request,
-                        idempotent,
-                        head_request,
-                    )
-                    .await
-                    .map_err(pool_error)
-            })
-        } else {
-            let req = self.upstream_request(ex, &authority, target, host, upgrade, body)?;
-            Either::Right(Box::pin(async move {
-                if h2c {
-                    let client = self.clients.get(connect_timeout, true);
-                    client
-                        .request(req)
-                        .await
-                        .map(|res| res.map(Body::Incoming))
-                        .map_err(|e| classify(&e))
-                } else {
+            let host = match (&ex.host, ex.preserve_host) {
+                (Some(h), true) => h.clone(),
+                _ => host.unwrap_or_else(|| header_value(authority.as_str())),
+            };
+            let target = ex
+                .upstream_path_and_query()
+                .map_err(|e| UpstreamError::Other(format!("invalid upstream path: {e}")))?;
+            let timeout = [timeout, ex.deadline.map(|d| d.remaining())]
+                .into_iter()
+                .flatten()
+                .min();
+            let upgrade = forward::is_upgrade(&ex.headers);
+            let connect = connect_timeout.unwrap_or_else(|| self.clients.connect_timeout());
+            let fast = !h2c
+                && !tls
+                && !upgrade
+                && ex.method != Method::CONNECT
+                && (matches!(body, Body::Full(_)) || http_body::Body::is_end_stream(&body));
+            let call = if fast {
+                let body = match body {
+                    Body::Full(Some(b)) => b,
+                    _ => Bytes::new(),
+                };
+                let length = (!body.is_empty()).then_some(body.len());
+                let mut head = RequestWriter::new(&ex.method, target.as_str(), ex.headers.len());
+                forward::upstream_headers(&self.forwarded, ex, &host, false, length, |n, v| {
+                    head.header(n, v);
+                });
+                let request = head.finish(&body);
+                let idempotent = ex.method.is_idempotent();
+                let head_request = ex.method == Method::HEAD;
+                Either::Left(async move {
                     self.pool
-                        .send(authority.as_str(), tls, connect, req)
+                        .send_fast(
+                            authority.as_str(),
+                            connect,
+                            request,
+                            idempotent,
+                            head_request,
+                        )
                         .await
                         .map_err(pool_error)
-                }
-            }))
-        };
-        let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, call).await {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout(t)),
-            },
-            None => call.await,
-        };
-        if let Some(pick) = pick {
-            let outcome = match &result {
-                Ok(res) if res.status().is_server_error() => Outcome::Failure,
-                Ok(_) => Outcome::Success,
-                Err(_) => Outcome::Failure,
+                })
+            } else {
+                let req = self.upstream_request(ex, &authority, target, host, upgrade, body)?;
+                Either::Right(Box::pin(async move {
+                    if h2c {
+                        let client = self.clients.get(connect_timeout, true);
+                        client
+                            .request(req)
+                            .await
+                            .map(|res| res.map(Body::Incoming))
+                            .map_err(|e| classify(&e))
+                    } else {
+                        self.pool
+                            .send(authority.as_str(), tls, connect, req)
+                            .await
+                            .map_err(pool_error)
+                    }
+                }))
             };
-            if matches!(&result, Err(e) if e.not_sent()) {
-                avoid.push(pick.instance.id.clone());
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(UpstreamError::Timeout(t)),
+                },
+                None => call.await,
+            };
+            if let Some(pick) = pick {
+                let outcome = match &result {
+                    Ok(res) if res.status().is_server_error() => Outcome::Failure,
+                    Ok(_) => Outcome::Success,
+                    Err(_) => Outcome::Failure,
+                };
+                if matches!(&result, Err(e) if e.not_sent()) {
+                    avoid.push(pick.instance.id.clone());
+                }
+                pick.record(outcome);
             }
-            pick.record(outcome);
+            result
         }
-        result
     }
 
     /// The request for hyper's client: `target` on `authority`, with the headers
