@@ -113,14 +113,21 @@ impl Proc {
     }
 
     /// Waits for exit, up to `within`.
+    /// Waits for the process to exit, then for what it wrote before exiting to be read (up to
+    /// 2 s more, for pipes a child of its may still hold), so `drain` has all of it.
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
             Ok(s) => s.unwrap(),
             Err(_) => panic!(
                 "process did not exit within {within:?}:\n{}",
                 self.seen.join("\n")
             ),
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(l)) = tokio::time::timeout_at(until, self.lines.recv()).await {
+            self.seen.push(l);
         }
+        status
     }
 
     /// Drains the output collected so far.
