@@ -37,11 +37,12 @@ fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
 
 /// The header names `Connection` lists (hop-by-hop too). `close` and `keep-alive` are options
 /// here, not names to look for; `upgrade` stays for an upgrade handshake. Empty, without
-/// allocating, when nothing is listed.
+/// allocating, when nothing is listed. A pass over the few headers a request or response
+/// has, not a hash lookup.
 fn connection_listed(h: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    h.iter()
+        .filter(|(n, _)| **n == header::CONNECTION)
+        .filter_map(|(_, v)| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
