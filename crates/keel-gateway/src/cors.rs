@@ -3,6 +3,8 @@
 //! win). Preflights are answered by the gateway; actual requests get the response headers;
 //! a request from an origin that is not allowed is refused with 403 problem+json.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use regex::Regex;
 use serde_json::Value;
@@ -128,7 +130,7 @@ impl CorsConfig {
 
 /// Global configurations by path pattern.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct GlobalCors(Vec<(Pattern, CorsConfig)>);
+pub(crate) struct GlobalCors(Vec<(Pattern, Arc<CorsConfig>)>);
 
 impl GlobalCors {
     pub(crate) fn build(list: &[(String, Value)]) -> Result<Self, (String, String)> {
@@ -137,7 +139,7 @@ impl GlobalCors {
             let field = format!("globalcors.cors-configurations.[{p}]");
             let pattern = Pattern::path(p, true).map_err(|e| (field.clone(), e.to_string()))?;
             let config = CorsConfig::build(v).map_err(|e| (field, e))?;
-            out.push((pattern, config));
+            out.push((pattern, Arc::new(config)));
         }
         // The file's order is not kept by the parser, so the most specific pattern (longest
         // literal prefix) is tried first and `/**` last.
@@ -145,7 +147,9 @@ impl GlobalCors {
         Ok(Self(out))
     }
 
-    pub(crate) fn find(&self, path: &str) -> Option<&CorsConfig> {
+    /// The first configuration whose pattern matches `path`, shared (a request holds it
+    /// without copying its lists).
+    pub(crate) fn find(&self, path: &str) -> Option<&Arc<CorsConfig>> {
         self.0
             .iter()
             .find(|(p, _)| p.is_match(path))

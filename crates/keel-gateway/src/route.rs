@@ -277,7 +277,7 @@ pub(crate) struct Route {
     /// The `RequestRateLimiter` filter (runs after JWT, before the other filters).
     pub(crate) rate_limit: Option<RateLimitPolicy>,
     /// Route-level CORS (`metadata.cors`), which wins over the global configuration.
-    pub(crate) cors: Option<CorsConfig>,
+    pub(crate) cors: Option<Arc<CorsConfig>>,
     /// The definition as written, for the actuator.
     pub(crate) def: RouteDef,
 }
@@ -692,7 +692,7 @@ fn compile(
         .metadata
         .iter()
         .find(|(k, _)| crate::config::tree::relax(k) == "cors")
-        .map(|(_, v)| CorsConfig::build(v))
+        .map(|(_, v)| CorsConfig::build(v).map(Arc::new))
         .transpose()
         .map_err(|e| at("metadata.cors".into(), e))?;
     Ok(Route {
