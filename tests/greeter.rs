@@ -62,13 +62,14 @@ async fn logs_are_json_lines_carrying_the_callers_trace_id() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let port = free_port();
     let mut cmd = greeter(port);
-    cmd.env("KEEL_SERVER__DRAIN_DELAY_MS", "1000");
+    // Long enough that readiness is read inside it on a stalled machine.
+    cmd.env("KEEL_SERVER__DRAIN_DELAY_MS", "3000");
     let mut p = Proc::spawn(cmd);
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&format!("{base}/health/ready"), Duration::from_secs(20)).await;
 
     let slow = tokio::spawn({
-        let url = format!("{base}/greet/slow?delay_ms=1800");
+        let url = format!("{base}/greet/slow?delay_ms=3600");
         async move { reqwest::get(url).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -11,10 +11,12 @@ use keel_messaging::{Bus, Delivery, HandlerError, Message, Subscription, handler
 use keel_store::testing::TempDir;
 use serde_json::json;
 
+/// A short poll; the default-length member timeout, so a stalled machine does not make a
+/// live member look dead (members here leave by stopping; crash.rs tests takeovers).
 fn fast() -> Settings {
     Settings {
         poll: Duration::from_millis(50),
-        member_timeout: Duration::from_millis(1500),
+        member_timeout: Duration::from_secs(5),
         partitions: 4,
         ..Settings::default()
     }

@@ -76,7 +76,9 @@ impl Bus for Slow {
         m: &'a Message,
     ) -> futures::future::BoxFuture<'a, Result<(), keel_messaging::BusError>> {
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // 10 ms: 300 messages take 3 s, so the kill lands mid-stream even when the test
+            // process is slow to see the first 50 arrive.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             self.0.publish(m).await
         })
     }

@@ -71,7 +71,7 @@ async fn count(store: &Store, sql: &'static str) -> i64 {
 
 async fn until(store: &Store, sql: &'static str, n: i64) -> i64 {
     let mut last = 0;
-    for _ in 0..400 {
+    for _ in 0..800 {
         last = count(store, sql).await;
         if last >= n {
             break;

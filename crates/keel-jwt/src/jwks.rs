@@ -444,15 +444,15 @@ mod tests {
             Source::Uri("http://idp/jwks".into()),
             canned.clone(),
             Duration::from_secs(3600),
-            Duration::from_millis(500),
+            Duration::from_secs(3),
         ));
         let s = jwks.keys().await.unwrap();
         assert_eq!(s.keys[0].kid.as_deref(), Some("a"));
         assert_eq!(canned.calls.load(Ordering::SeqCst), 1);
-        // Too soon after the last fetch: no call.
+        // Too soon after the last fetch (3 s: a stalled machine still asks within it): no call.
         assert!(jwks.refetch(s.generation).await.is_none());
         assert_eq!(canned.calls.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(550)).await;
+        tokio::time::sleep(Duration::from_millis(3050)).await;
         // Allowed now, but fails: the old set stays.
         assert!(jwks.refetch(s.generation).await.is_none());
         assert_eq!(canned.calls.load(Ordering::SeqCst), 2);

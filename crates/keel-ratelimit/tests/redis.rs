@@ -146,14 +146,21 @@ async fn tokens_refill_from_the_server_clock() {
     };
     let route = unique_route("refill");
     let limiter = limiter(&url, FailMode::Closed).await;
-    // Ten tokens a second: one every 100 ms.
+    // Ten tokens a second: one every 100 ms. Upper bounds count the tokens the time taken
+    // refills (a stalled machine refills more), so they hold however slow the run is.
     let r = rate(10, 10, 1);
+    let refill_bound = |since: Instant| (since.elapsed().as_secs_f64() * 10.0).ceil() as i32 + 1;
+    let drain_started = Instant::now();
     let mut allowed = 0;
     while limiter.check(&route, "k", &r).await.allowed {
         allowed += 1;
-        assert!(allowed <= 12, "the bucket never ran dry");
+        assert!(
+            allowed <= 10 + refill_bound(drain_started),
+            "the bucket never ran dry"
+        );
     }
-    assert!((10..=12).contains(&allowed), "{allowed} allowed at once");
+    assert!(allowed >= 10, "{allowed} allowed at once");
+    let denied_at = Instant::now();
     let denied = limiter.check(&route, "k", &r).await;
     assert_answered(&denied);
     let wait = denied.retry_after.expect("a wait helps");
@@ -163,14 +170,17 @@ async fn tokens_refill_from_the_server_clock() {
         Some(("Retry-After", "1".to_owned()))
     );
 
-    // 350 ms refill three tokens (four if the calls themselves took a while).
+    // 350 ms refill three tokens, more only as far as the calls themselves took time.
     tokio::time::sleep(Duration::from_millis(350)).await;
     let mut refilled = 0;
     while limiter.check(&route, "k", &r).await.allowed {
         refilled += 1;
-        assert!(refilled <= 6, "refilled past the rate");
+        assert!(
+            refilled <= refill_bound(denied_at),
+            "refilled past the rate"
+        );
     }
-    assert!((3..=5).contains(&refilled), "{refilled} refilled in 350 ms");
+    assert!(refilled >= 3, "{refilled} refilled in 350 ms");
 }
 
 #[tokio::test]
@@ -231,9 +241,11 @@ async fn unreachable_redis_fails_open_or_closed_quickly() {
     // Port 1: nothing listens, the connection is refused at once.
     let url = "redis://127.0.0.1:1";
     let r = rate(1, 1, 1);
+    // A long timeout: a refusal must not wait for it (waiting would take 4 × 5 s).
+    let timeout = Duration::from_secs(5);
     for mode in [FailMode::Open, FailMode::Closed] {
         let started = Instant::now();
-        let store = RedisStore::connect(url, TIMEOUT).await.unwrap();
+        let store = RedisStore::connect(url, timeout).await.unwrap();
         assert!(!store.is_connected());
         let limiter = RateLimiter::new(store, mode);
         for _ in 0..3 {
@@ -244,7 +256,7 @@ async fn unreachable_redis_fails_open_or_closed_quickly() {
         }
         let took = started.elapsed();
         assert!(
-            took < TIMEOUT,
+            took < timeout,
             "{mode:?}: connect and three checks took {took:?}"
         );
     }
@@ -266,7 +278,9 @@ async fn a_silent_server_times_out_within_the_timeout() {
     let started = Instant::now();
     let store = RedisStore::connect(&url, timeout).await.unwrap();
     let connect_took = started.elapsed();
-    assert!(connect_took < timeout * 3, "connect took {connect_took:?}");
+    // Upper bounds leave room for a stalled machine: without the timeout these would hang.
+    let bound = timeout + Duration::from_secs(2);
+    assert!(connect_took < bound, "connect took {connect_took:?}");
     let limiter = RateLimiter::new(store, FailMode::Closed);
 
     let r = rate(1, 1, 1);
@@ -275,7 +289,7 @@ async fn a_silent_server_times_out_within_the_timeout() {
         let d = limiter.check("route", "k", &r).await;
         let took = started.elapsed();
         assert!(d.degraded && !d.allowed, "{d:?}");
-        assert!(took < timeout * 2, "a check took {took:?}");
+        assert!(took < bound, "a check took {took:?}");
     }
     held.abort();
 }
@@ -325,8 +339,9 @@ async fn a_hung_script_times_out_and_the_connection_is_replaced() {
         let d = limiter.check("route", "k", &r).await;
         let took = started.elapsed();
         assert!(d.degraded && d.allowed, "{d:?}");
+        // Without the timeout this would hang; the upper bound leaves room for a stall.
         assert!(
-            took >= timeout && took < timeout * 2,
+            took >= timeout && took < timeout + Duration::from_secs(2),
             "round {round} took {took:?}"
         );
         assert!(!store.is_connected(), "a timed-out connection is kept");

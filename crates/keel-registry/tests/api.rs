@@ -404,7 +404,8 @@ async fn admin_endpoints_and_chassis_endpoints_need_the_token_when_set() {
 async fn expired_leases_disappear_and_the_dashboard_shows_state() {
     let r = start(|c| c.app.eviction_interval_ms = 100).await;
     let mut i = instance("orders", "short", 1);
-    i["instance"]["leaseInfo"] = json!({"renewalIntervalInSecs": 1, "durationInSecs": 1});
+    // A 3 s lease: the dashboard below is read inside it on a stalled machine too.
+    i["instance"]["leaseInfo"] = json!({"renewalIntervalInSecs": 1, "durationInSecs": 3});
     let res = r
         .http
         .post(r.url("/eureka/apps/ORDERS"))
@@ -426,7 +427,7 @@ async fn expired_leases_disappear_and_the_dashboard_shows_state() {
     assert!(html.contains("Self-preservation"), "{html}");
     // No renewals: gone within the lease plus an eviction pass or two.
     let mut gone = false;
-    for _ in 0..60 {
+    for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if r.json("/eureka/apps/ORDERS/short").await.0 == 404 {
             gone = true;

@@ -277,7 +277,7 @@ async fn check_duplicates(w: World) {
     // The same message again: dropped by the inbox before the engine sees it.
     w.bus.publish(&stale).await.unwrap();
     let mut ignored = 0;
-    for _ in 0..100 {
+    for _ in 0..800 {
         let d = query::get(&w.order, &id).await.unwrap().unwrap();
         ignored = d
             .timeline

@@ -27,13 +27,16 @@ pub fn unique_prefix() -> String {
     format!("kt{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
-/// Settings for tests: a unique prefix, 4 partitions, a short ack wait and member timeout.
+/// Settings for tests: a unique prefix, 4 partitions, an ack wait and member timeout short
+/// enough that a message or partition left behind comes back within a test's wait, and long
+/// enough that a stalled machine does not make a live member look dead (tests of those
+/// timeouts set shorter ones of their own).
 pub fn settings() -> Settings {
     Settings {
         prefix: unique_prefix(),
         partitions: 4,
-        ack_wait: Duration::from_secs(2),
-        member_timeout: Duration::from_secs(1),
+        ack_wait: Duration::from_secs(5),
+        member_timeout: Duration::from_secs(5),
         ..Settings::default()
     }
 }
