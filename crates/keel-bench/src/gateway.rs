@@ -176,6 +176,20 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs.get(runs.len() / 2).copied().unwrap_or_default()
 }
 
+/// A proxy's added p50 and p99 over direct: the median over rounds of each round's
+/// difference from the direct run of the same round (paired, so drift between rounds cancels).
+fn paired_added(proxy: &[Run], direct: &[Run]) -> (f64, f64) {
+    let median_of = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let pairs = || proxy.iter().zip(direct);
+    (
+        median_of(pairs().map(|(p, d)| p.p50_ms - d.p50_ms).collect()),
+        median_of(pairs().map(|(p, d)| p.p99_ms - d.p99_ms).collect()),
+    )
+}
+
 /// The run with the median throughput.
 fn median_rps(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -329,14 +343,33 @@ pub async fn run(opts: Options) -> Result<(), String> {
         short.seconds = 1;
         oha(&short, u, None, 16).await?;
     }
-    // Fixed-rate runs alternate (direct, nginx, keel) for `rounds` rounds; each figure is
-    // the median of its rounds, so a burst of noise on the machine hits all three alike.
+    // Fixed-rate runs: each round runs the direct one between the two proxies (which proxy
+    // goes first alternates), and a proxy's added latency is taken against the direct run of
+    // its own round, so the machine's speed drifting between rounds cancels out; the figure
+    // is the median over rounds.
+    let urls = [&direct_url, &nginx_url, &keel_url];
     let mut runs: [Vec<Run>; 3] = Default::default();
-    for _ in 0..opts.rounds.max(1) {
-        for (i, u) in [&direct_url, &nginx_url, &keel_url].into_iter().enumerate() {
-            runs[i].push(oha(&opts, u, Some(opts.rate), 50).await?);
+    for round in 0..opts.rounds.max(1) {
+        let order = if round % 2 == 0 { [1, 0, 2] } else { [2, 0, 1] };
+        for i in order {
+            runs[i].push(oha(&opts, urls[i], Some(opts.rate), 50).await?);
         }
     }
+    let (ng50, ng99) = paired_added(&runs[1], &runs[0]);
+    let (kg50, kg99) = paired_added(&runs[2], &runs[0]);
+    let per_round = |proxy: &[Run]| {
+        proxy
+            .iter()
+            .zip(&runs[0])
+            .map(|(p, d)| format!("{:.3}", p.p99_ms - d.p99_ms))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rounds_line = format!(
+        "  added p99 per round, ms: nginx {}; keel {}",
+        per_round(&runs[1]),
+        per_round(&runs[2])
+    );
     let [direct, ng_fixed, kg_fixed] = runs.map(median);
     // Saturation runs alternate too; the median throughput of each is reported.
     let mut sat: [Vec<Run>; 2] = Default::default();
@@ -353,9 +386,6 @@ pub async fn run(opts: Options) -> Result<(), String> {
         .and_then(nginx_worker)
         .map_or(f64::NAN, rss_mib);
 
-    let added = |r: &Run| (r.p50_ms - direct.p50_ms, r.p99_ms - direct.p99_ms);
-    let (ng50, ng99) = added(&ng_fixed);
-    let (kg50, kg99) = added(&kg_fixed);
     println!();
     println!(
         "  {:<8} {:>10} {:>10} {:>13} {:>13} {:>12} {:>10} {:>9}",
@@ -387,6 +417,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         keel_rss,
         kg_sat.success.min(kg_fixed.success)
     );
+    println!("{rounds_line}");
     let p99_ratio = ratio(kg99, ng99);
     let rps_ratio = kg_sat.rps / ng_sat.rps.max(1e-6);
     println!();
@@ -413,6 +444,23 @@ mod tests {
             assert_eq!(b.len(), n);
             assert!(serde_json::from_str::<Value>(&b).is_ok(), "{b}");
         }
+    }
+
+    #[test]
+    fn added_latency_is_paired_by_round() {
+        let run = |p99_ms| Run {
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+            ..Run::default()
+        };
+        // The machine slowed down in the last two rounds: unpaired medians (0.2 − 0.5)
+        // would say the proxy took time away; paired, it adds 0.1 ms in two of three rounds.
+        let direct = [run(0.1), run(0.5), run(0.5)];
+        let proxy = [run(0.2), run(0.6), run(0.2)];
+        let (p50, p99) = paired_added(&proxy, &direct);
+        assert!((p99 - 0.1).abs() < 1e-9, "{p99}");
+        assert!((p50 - 0.05).abs() < 1e-9, "{p50}");
+        assert!(paired_added(&[], &[]).1.is_nan());
     }
 
     #[test]
