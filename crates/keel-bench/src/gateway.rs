@@ -144,10 +144,13 @@ async fn wait_port(port: u16) -> Result<(), String> {
 }
 
 /// Stops an nginx started with `conf` when dropped (killing the master would orphan its worker),
-/// waiting up to 2 s for it to exit.
+/// waiting up to 2 s for it to exit, then removes its temp directory and, when nginx wrote
+/// nothing to it, its error log (so repeated runs do not fill the bench directory).
 struct NginxGuard {
     nginx: PathBuf,
     conf: PathBuf,
+    dir: PathBuf,
+    port: u16,
     _child: Child,
 }
 
@@ -166,6 +169,11 @@ impl Drop for NginxGuard {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join(format!("tmp-{}", self.port)));
+        let log = self.dir.join(format!("nginx-{}.err", self.port));
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(log);
         }
     }
 }
@@ -316,11 +324,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
         .await?,
         nginx: opts.nginx.clone(),
         conf: up_conf.clone(),
+        dir: dir.clone(),
+        port: up,
     };
     let nginx = NginxGuard {
         _child: start(Command::new(&opts.nginx).arg("-c").arg(&ng_conf)).await?,
         nginx: opts.nginx.clone(),
         conf: ng_conf.clone(),
+        dir: dir.clone(),
+        port: ng,
     };
     let keel = start(
         Command::new("taskset")
