@@ -19,30 +19,70 @@ pub(crate) const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+/// What the upstream head does with a client header, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Host,
+    /// Hop-by-hop by itself (`Upgrade` is apart: it passes for an upgrade handshake).
+    HopByHop,
+    Upgrade,
+    Expect,
+    /// One of the forwarding headers, by its index in [`JOINED`].
+    Joined(usize),
+    Other,
+}
+
+/// The forwarding headers the gateway joins to the client's lists, in the order it adds them.
+static JOINED: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    FORWARDED,
 ];
+
+/// One match on the name instead of comparing it with each special name in turn.
+fn kind(name: &HeaderName) -> Kind {
+    match name.as_str() {
+        "host" => Kind::Host,
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "te"
+        | "trailer"
+        | "transfer-encoding" => Kind::HopByHop,
+        "upgrade" => Kind::Upgrade,
+        "expect" => Kind::Expect,
+        "x-forwarded-for" => Kind::Joined(0),
+        "x-forwarded-proto" => Kind::Joined(1),
+        "x-forwarded-host" => Kind::Joined(2),
+        "x-forwarded-port" => Kind::Joined(3),
+        "forwarded" => Kind::Joined(4),
+        _ => Kind::Other,
+    }
+}
 
 /// Whether `name` is hop-by-hop by itself. `Upgrade` is kept for an upgrade handshake.
 fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
-    HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE)
+    match kind(name) {
+        Kind::HopByHop => true,
+        Kind::Upgrade => !upgrade,
+        _ => false,
+    }
 }
 
 /// The header names `Connection` lists (hop-by-hop too). `close` and `keep-alive` are options
 /// here, not names to look for; `upgrade` stays for an upgrade handshake. Empty, without
-/// allocating, when nothing is listed. A pass over the few headers a request or response
-/// has, not a hash lookup.
+/// allocating, when nothing is listed.
 fn connection_listed(h: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
-    h.iter()
-        .filter(|(n, _)| **n == header::CONNECTION)
-        .filter_map(|(_, v)| v.to_str().ok())
+    let mut values = h.get_all(header::CONNECTION).iter().peekable();
+    if values.peek().is_none() {
+        return Vec::new();
+    }
+    values
+        .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
@@ -126,17 +166,11 @@ pub(crate) fn upstream_headers(
     let proto = if ex.secure { "https" } else { "http" };
     let pending = |v: Option<HeaderValue>| v.map_or(Join::Off, Join::Pending);
     let mut joins = [
-        (X_FORWARDED_FOR, pending(xf.then(|| ex.peer.ip.clone()))),
-        (
-            X_FORWARDED_PROTO,
-            pending(xf.then(|| HeaderValue::from_static(proto))),
-        ),
-        (X_FORWARDED_HOST, pending(xf_host)),
-        (X_FORWARDED_PORT, pending(xf_port)),
-        (
-            FORWARDED,
-            pending(by_host.filter(|_| settings.forwarded).map(|v| v.forwarded)),
-        ),
+        pending(xf.then(|| ex.peer.ip.clone())),
+        pending(xf.then(|| HeaderValue::from_static(proto))),
+        pending(xf_host),
+        pending(xf_port),
+        pending(by_host.filter(|_| settings.forwarded).map(|v| v.forwarded)),
     ];
     let mut trace = ex.trace.headers();
     let own = [
@@ -152,25 +186,29 @@ pub(crate) fn upstream_headers(
     let listed = connection_listed(&ex.headers, upgrade);
     emit(&header::HOST, host);
     for (name, value) in &ex.headers {
-        if *name == header::HOST
-            || is_hop_by_hop(name, upgrade)
-            || listed.contains(name)
-            || (length.is_some() && *name == header::EXPECT)
+        let joined_at = match kind(name) {
+            Kind::Host | Kind::HopByHop => continue,
+            Kind::Upgrade if !upgrade => continue,
+            Kind::Expect if length.is_some() => continue,
+            Kind::Joined(i) => Some(i),
+            _ => None,
+        };
+        if (!listed.is_empty() && listed.contains(name))
             || own.iter().flatten().any(|(n, _)| n == name)
         {
             continue;
         }
-        match joins.iter_mut().find(|(n, _)| n == name) {
-            Some((_, join @ Join::Pending(_))) => {
+        match joined_at.map(|i| &mut joins[i]) {
+            Some(join @ Join::Pending(_)) => {
                 if let Join::Pending(new) = std::mem::replace(join, Join::Done) {
                     emit(name, &joined(value, new));
                 }
             }
-            Some((_, Join::Done)) => {}
-            _ => emit(name, value),
+            Some(Join::Done) => {}
+            Some(Join::Off) | None => emit(name, value),
         }
     }
-    for (name, join) in &joins {
+    for (name, join) in JOINED.iter().zip(&joins) {
         if let Join::Pending(v) = join {
             emit(name, v);
         }
@@ -196,6 +234,35 @@ mod tests {
         }
         strip_hop_by_hop(&mut h, false);
         h
+    }
+
+    #[test]
+    fn names_are_classified_as_the_header_constants_say() {
+        for n in [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+        ] {
+            assert_eq!(kind(&n), Kind::HopByHop, "{n}");
+            assert!(is_hop_by_hop(&n, true), "{n}");
+        }
+        assert!(is_hop_by_hop(&header::UPGRADE, false));
+        assert!(!is_hop_by_hop(&header::UPGRADE, true));
+        assert_eq!(kind(&header::HOST), Kind::Host);
+        assert_eq!(kind(&header::EXPECT), Kind::Expect);
+        for (i, n) in JOINED.iter().enumerate() {
+            assert_eq!(kind(n), Kind::Joined(i), "{n}");
+        }
+        assert_eq!(kind(&header::ACCEPT), Kind::Other);
+        assert_eq!(
+            kind(&HeaderName::from_static("x-forwarded-prefix")),
+            Kind::Other
+        );
     }
 
     #[test]
@@ -287,6 +354,43 @@ mod tests {
                 "forwarded: for=127.0.0.1;proto=http;host=\"gw.example:8443\"",
                 &trace,
             ],
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_the_gateway_does_not_set_pass_as_the_client_sent_them() {
+        let ex = with_headers(&[
+            ("host", "gw"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("forwarded", "for=10.0.0.1"),
+        ]);
+        let settings = ForwardedSettings {
+            x_forwarded: false,
+            forwarded: true,
+        };
+        let mut lines = Vec::new();
+        let host = HeaderValue::from_static("up");
+        upstream_headers(&settings, &ex, &host, false, None, |n, v| {
+            lines.push(format!("{n}: {}", v.to_str().unwrap()));
+        });
+        assert!(
+            lines.contains(&"x-forwarded-for: 10.0.0.1".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"x-forwarded-for: 10.0.0.2".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(
+                &"forwarded: for=10.0.0.1, for=127.0.0.1;proto=http;host=\"gw\"".to_owned()
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("x-forwarded-proto")),
+            "{lines:?}"
         );
     }
 

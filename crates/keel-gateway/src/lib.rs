@@ -20,6 +20,7 @@ mod predicate;
 mod problem;
 mod proxy;
 mod route;
+mod route_metrics;
 mod server;
 mod template;
 mod text;

@@ -166,7 +166,7 @@ impl RequestBody {
 /// A finished request, for metrics and the access log.
 pub(crate) struct Handled {
     pub(crate) response: Response<Body>,
-    pub(crate) route: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<Route>>,
     /// The trace this request belongs to (for the access log).
     pub(crate) trace: TraceContext,
 }
@@ -242,7 +242,7 @@ impl Proxy {
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> BoxFuture<'static, (Response<Body>, Option<Arc<str>>)> {
+    ) -> BoxFuture<'static, (Response<Body>, Option<Arc<Route>>)> {
         Box::pin(Arc::clone(self).route(ex, body, depth, client_upgrade))
     }
 
@@ -258,7 +258,7 @@ impl Proxy {
         body: Option<Body>,
         depth: u8,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> impl Future<Output = (Response<Body>, Option<Arc<str>>)> + Send + use<> {
+    ) -> impl Future<Output = (Response<Body>, Option<Arc<Route>>)> + Send + use<> {
         async move {
             if depth > MAX_FORWARDS {
                 let res = GatewayProblem::new(
@@ -299,13 +299,14 @@ impl Proxy {
                 None
             };
             drop(table);
-            let id = found.as_ref().map(|m| m.route.id.clone());
+            let matched = found.as_ref().map(|m| m.route.clone());
             if let Some(c) = &cors_config {
+                let id = matched.as_ref().map(|r| &*r.id);
                 if preflight {
-                    return (cors::preflight(c, &ex.headers, id.as_deref(), &ex.path), id);
+                    return (cors::preflight(c, &ex.headers, id, &ex.path), matched);
                 }
-                if let Err(res) = cors::check_actual(c, &ex.headers, id.as_deref(), &ex.path) {
-                    return (*res, id);
+                if let Err(res) = cors::check_actual(c, &ex.headers, id, &ex.path) {
+                    return (*res, matched);
                 }
             }
             let origin = cors_config
@@ -367,7 +368,7 @@ impl Proxy {
             if let (Some(c), Some(origin)) = (&cors_config, &origin) {
                 cors::decorate(c, origin, &mut res);
             }
-            (res, id)
+            (res, matched)
         }
     }
 

@@ -24,6 +24,7 @@ use crate::{
     limit::{Limiters, RateLimitPolicy},
     pattern::Captures,
     predicate::{Draws, Predicate, RequestView, WeightGroups},
+    route_metrics::RouteMetrics,
 };
 
 /// Where a route sends requests.
@@ -280,6 +281,8 @@ pub(crate) struct Route {
     pub(crate) cors: Option<Arc<CorsConfig>>,
     /// The definition as written, for the actuator.
     pub(crate) def: RouteDef,
+    /// Its request metrics.
+    pub(crate) metrics: RouteMetrics,
 }
 
 /// Breakers by name, kept across route table reloads.
@@ -370,8 +373,10 @@ impl Locator {
             return Some(r.clone());
         }
         let id = format!("locator:{name}");
+        let id_arc: Arc<str> = Arc::from(id.as_str());
         let route = Arc::new(Route {
-            id: Arc::from(id.as_str()),
+            metrics: RouteMetrics::new(id_arc.clone()),
+            id: id_arc,
             order: self.order,
             target: Target::Lb {
                 service: name.to_ascii_lowercase(),
@@ -695,8 +700,10 @@ fn compile(
         .map(|(_, v)| CorsConfig::build(v).map(Arc::new))
         .transpose()
         .map_err(|e| at("metadata.cors".into(), e))?;
+    let id: Arc<str> = Arc::from(def.id.as_str());
     Ok(Route {
-        id: Arc::from(def.id.as_str()),
+        metrics: RouteMetrics::new(id.clone()),
+        id,
         order: def.order,
         target,
         predicates,

@@ -15,7 +15,7 @@ use futures::{
     FutureExt,
     future::{BoxFuture, Either},
 };
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -31,7 +31,6 @@ use keel_chassis::{
     },
 };
 use keel_discovery::{Balancer, BalancerConfig, Discovery};
-use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -47,6 +46,7 @@ use crate::{
     problem::{GatewayProblem, types},
     proxy::Proxy,
     route::{Breakers, RouteTable, Shared, needs_redis},
+    route_metrics::RouteMetrics,
 };
 
 /// How `keel gateway` was started.
@@ -76,61 +76,9 @@ pub struct Gateway {
     max_headers: usize,
     has_discovery: bool,
     last_error: Mutex<Option<String>>,
-    metrics: RequestMetrics,
+    /// The metrics of requests no route matched.
+    unmatched: RouteMetrics,
     _discovery: Option<Discovery>,
-}
-
-/// The per-route request metrics, with their handles cached so the hot path neither
-/// allocates labels nor hashes them in the recorder. Label values are bounded: route ids
-/// (or `unmatched`), standard methods (others are `OTHER`) and status codes. Keys are hashed
-/// with FxHash: they are not attacker-chosen beyond those bounded values.
-#[derive(Debug, Default)]
-struct RequestMetrics {
-    counters: Mutex<FxHashMap<CounterKey, metrics::Counter>>,
-    durations: Mutex<FxHashMap<(Arc<str>, Method), metrics::Histogram>>,
-}
-
-/// Route, method, status.
-type CounterKey = (Arc<str>, Method, u16);
-
-impl RequestMetrics {
-    fn record(&self, route: &Arc<str>, method: &Method, status: StatusCode, elapsed: Duration) {
-        let method = match *method {
-            Method::GET
-            | Method::POST
-            | Method::PUT
-            | Method::DELETE
-            | Method::PATCH
-            | Method::HEAD
-            | Method::OPTIONS
-            | Method::CONNECT
-            | Method::TRACE => method.clone(),
-            _ => Method::from_bytes(b"OTHER").unwrap_or(Method::GET),
-        };
-        {
-            let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry((route.clone(), method.clone(), status.as_u16()))
-                .or_insert_with(|| {
-                    metrics::counter!(
-                        "keel_gateway_requests_total",
-                        "route" => route.to_string(),
-                        "method" => method.as_str().to_owned(),
-                        "status" => status.as_str().to_owned()
-                    )
-                })
-                .increment(1);
-        }
-        let mut m = self.durations.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((route.clone(), method.clone()))
-            .or_insert_with(|| {
-                metrics::histogram!(
-                    "keel_gateway_request_duration_seconds",
-                    "route" => route.to_string(),
-                    "method" => method.as_str().to_owned()
-                )
-            })
-            .record(elapsed.as_secs_f64());
-    }
 }
 
 impl Gateway {
@@ -197,7 +145,7 @@ impl Gateway {
             max_headers: config.server.max_headers,
             has_discovery: discovery.is_some(),
             last_error: Mutex::new(None),
-            metrics: RequestMetrics::default(),
+            unmatched: RouteMetrics::new(Arc::from("unmatched")),
             _discovery: discovery,
         }))
     }
@@ -323,10 +271,11 @@ impl Gateway {
                 .handle(req, peer, client, secure)
                 .map(move |out| {
                     let status = out.response.status();
-                    let route: Arc<str> = out.route.unwrap_or_else(|| Arc::from("unmatched"));
                     let elapsed = start.elapsed();
-                    gw.metrics.record(&route, &method, status, elapsed);
+                    let metrics = out.route.as_ref().map_or(&gw.unmatched, |r| &r.metrics);
+                    metrics.record(&method, status, elapsed);
                     if let Some(path) = path {
+                        let route = out.route.as_ref().map_or("unmatched", |r| &*r.id);
                         tracing::info!(
                             target: "keel_gateway::access",
                             client = %client.ip(),
