@@ -275,6 +275,73 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`: 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// A process's user and system CPU time so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    parse_stat_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime` and `stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name
+/// (field 2) is in parentheses and may hold spaces or parentheses itself, so fields are
+/// counted from the last `)`.
+fn parse_stat_times(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let system = fields.next()?.parse().ok()?;
+    Some((user, system))
+}
+
+/// CPU spent by a proxy over its fixed-rate runs, and the requests it served.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    user_ticks: u64,
+    system_ticks: u64,
+    requests: f64,
+}
+
+impl Cpu {
+    fn add(&mut self, before: (u64, u64), after: (u64, u64), requests: f64) {
+        self.user_ticks += after.0.saturating_sub(before.0);
+        self.system_ticks += after.1.saturating_sub(before.1);
+        self.requests += requests;
+    }
+
+    /// µs per request of `ticks`.
+    fn per_request(&self, ticks: u64) -> f64 {
+        if self.requests > 0.0 {
+            ticks as f64 / USER_HZ * 1e6 / self.requests
+        } else {
+            f64::NAN
+        }
+    }
+
+    fn user_ratio(&self, nginx: &Cpu) -> String {
+        let (k, n) = (
+            self.per_request(self.user_ticks),
+            nginx.per_request(nginx.user_ticks),
+        );
+        if n > 0.0 && k.is_finite() {
+            format!("{:.2}× nginx's", k / n)
+        } else {
+            "not measured".into()
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "user {:.1} µs + system {:.1} µs",
+            self.per_request(self.user_ticks),
+            self.per_request(self.system_ticks)
+        )
+    }
+}
+
 /// nginx's worker: the master's child.
 fn nginx_worker(master: u32) -> Option<u32> {
     let children =
@@ -360,11 +427,20 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // its own round, so the machine's speed drifting between rounds cancels out; the figure
     // is the median over rounds.
     let urls = [&direct_url, &nginx_url, &keel_url];
+    // The CPU each proxy spends over its fixed-rate runs: unlike p99, machine stalls barely
+    // move it.
+    let pids = [None, nginx._child.id().and_then(nginx_worker), keel.id()];
+    let mut cpu = [Cpu::default(); 3];
     let mut runs: [Vec<Run>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
         let order = if round % 2 == 0 { [1, 0, 2] } else { [2, 0, 1] };
         for i in order {
-            runs[i].push(oha(&opts, urls[i], Some(opts.rate), 50).await?);
+            let before = pids[i].and_then(cpu_ticks);
+            let run = oha(&opts, urls[i], Some(opts.rate), 50).await?;
+            if let (Some(b), Some(a)) = (before, pids[i].and_then(cpu_ticks)) {
+                cpu[i].add(b, a, run.rps * f64::from(opts.seconds));
+            }
+            runs[i].push(run);
         }
     }
     let (ng50, ng99) = paired_added(&runs[1], &runs[0]);
@@ -430,6 +506,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
         kg_sat.success.min(kg_fixed.success)
     );
     println!("{rounds_line}");
+    println!(
+        "  CPU per request at {} req/s (all rounds): nginx {}; keel {}; keel's user CPU {}",
+        opts.rate,
+        cpu[1],
+        cpu[2],
+        cpu[2].user_ratio(&cpu[1])
+    );
     let p99_ratio = ratio(kg99, ng99);
     let rps_ratio = kg_sat.rps / ng_sat.rps.max(1e-6);
     println!();
@@ -473,6 +556,21 @@ mod tests {
         assert!((p99 - 0.1).abs() < 1e-9, "{p99}");
         assert!((p50 - 0.05).abs() < 1e-9, "{p50}");
         assert!(paired_added(&[], &[]).1.is_nan());
+    }
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name() {
+        let line = "42 (we (ird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 9 0 0";
+        assert_eq!(parse_stat_times(line), Some((250, 75)));
+        assert_eq!(parse_stat_times("42 (x) S 1"), None);
+        assert!(cpu_ticks(std::process::id()).is_some());
+        let mut c = Cpu::default();
+        c.add((100, 50), (300, 100), 10_000.0);
+        assert!((c.per_request(c.user_ticks) - 200.0).abs() < 1e-9);
+        let mut n = Cpu::default();
+        n.add((0, 0), (100, 100), 10_000.0);
+        assert_eq!(c.user_ratio(&n), "2.00× nginx's");
+        assert_eq!(c.user_ratio(&Cpu::default()), "not measured");
     }
 
     #[test]
