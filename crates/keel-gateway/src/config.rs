@@ -1349,6 +1349,20 @@ eureka:
     }
 
     #[test]
+    fn read_timeouts_take_durations_and_name_the_key_when_bad() {
+        let c = parse("server:\n  header-read-timeout: 250ms\n  bodyReadTimeout: 2s\n").unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.server.body_read_timeout, Duration::from_secs(2));
+        for key in ["header-read-timeout", "body-read-timeout"] {
+            let e = parse(&format!("server:\n  {key}: soon\n"))
+                .unwrap_err()
+                .to_string();
+            let field = format!("server.{}", key.replace('-', "_"));
+            assert!(e.contains("routes.yaml") && e.contains(&field), "{e}");
+        }
+    }
+
+    #[test]
     fn tls_from_spring_boot_pem_settings() {
         let c = parse("server:\n  ssl:\n    certificate: file:/tmp/c.pem\n    certificate-private-key: /tmp/k.pem\n").unwrap();
         let t = c.server.tls.unwrap();
